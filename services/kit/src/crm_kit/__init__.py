@@ -1,0 +1,1 @@
+"""crm_kit: the one runtime every CRM service stands on."""

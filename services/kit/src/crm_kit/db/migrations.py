@@ -1,0 +1,136 @@
+"""Alembic, driven programmatically: each service keeps its revisions in `<package>/migrations/versions`
+and a one-line env.py that calls `run_env`. Helpers here create the kit's tables and row-level security."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import sqlalchemy as sa
+from alembic import command, context
+from alembic.config import Config
+from alembic.operations import Operations
+from sqlalchemy.engine import Connection
+
+from crm_kit.db.engine import async_url, create_engine
+
+RLS_POLICY = "tenant_isolation"
+
+
+def alembic_config(migrations_dir: Path, url: str, app_role: str = "") -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(migrations_dir))
+    cfg.set_main_option("path_separator", "os")
+    cfg.attributes["url"] = async_url(url)
+    cfg.attributes["app_role"] = app_role
+    return cfg
+
+
+def upgrade(migrations_dir: Path, url: str, app_role: str = "", revision: str = "head") -> None:
+    command.upgrade(alembic_config(migrations_dir, url, app_role), revision)
+
+
+def run_env() -> None:
+    """Body of every service's migrations/env.py (online mode, async engine)."""
+    cfg = context.config
+    url: str = cfg.attributes["url"]
+    app_role: str = cfg.attributes.get("app_role", "")
+
+    def do_run(connection: Connection) -> None:
+        context.configure(connection=connection, transaction_per_migration=True)
+        with context.begin_transaction():
+            context.run_migrations()
+        if connection.dialect.name == "postgresql" and app_role:
+            grant_app_role(connection, app_role)
+        connection.commit()
+
+    async def run() -> None:
+        engine = create_engine(url)
+        try:
+            async with engine.connect() as connection:
+                await connection.run_sync(do_run)
+        finally:
+            await engine.dispose()
+
+    asyncio.run(run())
+
+
+def grant_app_role(connection: Connection, role: str) -> None:
+    """The application role may read and write rows but owns nothing, so RLS binds it."""
+    exists = connection.execute(sa.text("SELECT 1 FROM pg_roles WHERE rolname = :r"), {"r": role}).scalar()
+    if not exists:
+        return
+    quoted = connection.dialect.identifier_preparer.quote(role)
+    connection.execute(sa.text(f"GRANT USAGE ON SCHEMA public TO {quoted}"))
+    connection.execute(
+        sa.text(f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {quoted}")
+    )
+    connection.execute(sa.text(f"GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO {quoted}"))
+
+
+def resource_columns() -> list[sa.Column[object]]:
+    """Columns of a `crm_kit.db.Resource` table, as of kit schema 1."""
+    return [
+        sa.Column("id", sa.String(36), primary_key=True),
+        sa.Column("tenant_id", sa.String(64), nullable=False, index=True),
+        sa.Column("version", sa.Integer, nullable=False),
+        sa.Column("create_time", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("update_time", sa.DateTime(timezone=True), nullable=False),
+    ]
+
+
+def create_system_tables(op: Operations) -> None:
+    """Create the outbox, inbox and dead-letter tables, as of kit schema 1 (call from a service's first
+    revision). Written out, not taken from the models, so that old revisions never change meaning."""
+    ts = sa.DateTime(timezone=True)
+    op.create_table(
+        "outbox",
+        sa.Column("id", sa.String(36), primary_key=True),
+        sa.Column("tenant_id", sa.String(64), nullable=False),
+        sa.Column("subject", sa.String(255), nullable=False),
+        sa.Column("type", sa.String(128), nullable=False),
+        sa.Column("payload", sa.Text, nullable=False),
+        sa.Column("traceparent", sa.String(128), nullable=False),
+        sa.Column("status", sa.String(16), nullable=False),
+        sa.Column("attempts", sa.Integer, nullable=False),
+        sa.Column("next_attempt_at", ts, nullable=False),
+        sa.Column("created_at", ts, nullable=False),
+        sa.Column("sent_at", ts, nullable=True),
+        sa.Column("last_error", sa.Text, nullable=False),
+    )
+    op.create_index("ix_outbox_status_next_attempt_at", "outbox", ["status", "next_attempt_at"])
+    op.create_table(
+        "inbox",
+        sa.Column("consumer", sa.String(128), primary_key=True),
+        sa.Column("event_id", sa.String(64), primary_key=True),
+        sa.Column("tenant_id", sa.String(64), nullable=False),
+        sa.Column("processed_at", ts, nullable=False),
+    )
+    op.create_table(
+        "dead_letters",
+        sa.Column("id", sa.String(36), primary_key=True),
+        sa.Column("consumer", sa.String(128), nullable=False),
+        sa.Column("stream_sequence", sa.Integer, nullable=False),
+        sa.Column("subject", sa.String(255), nullable=False),
+        sa.Column("event_id", sa.String(64), nullable=False),
+        sa.Column("tenant_id", sa.String(64), nullable=False),
+        sa.Column("payload", sa.Text, nullable=False),
+        sa.Column("error", sa.Text, nullable=False),
+        sa.Column("deliveries", sa.Integer, nullable=False),
+        sa.Column("created_at", ts, nullable=False),
+        sa.Column("replayed_at", ts, nullable=True),
+    )
+    op.create_index("ix_dead_letters_consumer", "dead_letters", ["consumer"])
+
+
+def enable_tenant_rls(op: Operations, table: str) -> None:
+    """ENABLE + FORCE row-level security with a fail-closed tenant policy (PostgreSQL only)."""
+    if op.get_bind().dialect.name != "postgresql":
+        return
+    op.execute(f'ALTER TABLE "{table}" ENABLE ROW LEVEL SECURITY')
+    op.execute(f'ALTER TABLE "{table}" FORCE ROW LEVEL SECURITY')
+    op.execute(
+        f'CREATE POLICY {RLS_POLICY} ON "{table}" '
+        "USING (tenant_id = current_setting('app.tenant_id', true)) "
+        "WITH CHECK (tenant_id = current_setting('app.tenant_id', true))"
+    )

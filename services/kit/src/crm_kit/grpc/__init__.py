@@ -1,0 +1,1 @@
+"""gRPC server bootstrap on grpc.aio: health, reflection, interceptors and graceful shutdown."""

@@ -1,0 +1,202 @@
+"""One service process: database, event bus, outbox relay, consumers and the gRPC server on one event
+loop, started and stopped in order; plus the command line every service shares (serve, migrate,
+deadletters)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from crm_kit.auth import JwksVerifier
+from crm_kit.db import Database
+from crm_kit.db.migrations import upgrade
+from crm_kit.events.bus import EventBus
+from crm_kit.events.consumer import EventConsumer
+from crm_kit.events.envelope import Event
+from crm_kit.events.relay import OutboxRelay
+from crm_kit.events.stream import ensure_stream
+from crm_kit.grpc.interceptors import TokenVerifier
+from crm_kit.grpc.server import GrpcServer, Servicer
+from crm_kit.logging import configure_logging
+from crm_kit.settings import KitSettings, ServiceSettings, load, service_settings
+from crm_kit.telemetry import configure_tracing, shutdown_tracing
+
+log = logging.getLogger("crm_kit.runtime")
+
+Handler = Callable[[AsyncSession, Event], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Subscription:
+    """A durable consumer: its name, the subjects it filters on, and the handler applying each event."""
+
+    name: str
+    subjects: list[str]
+    handler: Handler
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    name: str
+    default_grpc_port: int
+    migrations: Path
+    servicers: Callable[[ServiceRuntime], Sequence[Servicer]]
+    subscriptions: Callable[[ServiceRuntime], Sequence[Subscription]] = field(default=lambda rt: ())
+
+
+class ServiceRuntime:
+    def __init__(
+        self,
+        spec: ServiceSpec,
+        settings: ServiceSettings,
+        kit: KitSettings,
+        *,
+        verifier: TokenVerifier | None = None,
+    ) -> None:
+        self.spec = spec
+        self.settings = settings
+        self.kit = kit
+        self.verifier = verifier or JwksVerifier(kit.jwks_url, issuer=kit.jwt_issuer, audience=kit.jwt_audience)
+        self.db = Database(settings.database_url)
+        self.bus: EventBus | None = None
+        self.relay: OutboxRelay | None = None
+        self.consumers: list[EventConsumer] = []
+        self.grpc: GrpcServer | None = None
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def port(self) -> int:
+        assert self.grpc is not None
+        return self.grpc.port
+
+    async def start(self) -> None:
+        configure_tracing(self.spec.name)
+        self.bus = await EventBus.connect(self.kit.nats_servers, name=self.spec.name)
+        await ensure_stream(self.bus.js, self.kit.events_stream)
+        self.relay = OutboxRelay(self.db, self.bus)
+        self.db.after_commit.append(self.relay.notify)
+        self._tasks.append(asyncio.create_task(self.relay.run(self._stop), name=f"{self.spec.name}-relay"))
+        for sub in self.spec.subscriptions(self):
+            consumer = EventConsumer(
+                self.db,
+                self.bus,
+                name=sub.name,
+                subjects=sub.subjects,
+                handler=sub.handler,
+                stream=self.kit.events_stream,
+            )
+            self.consumers.append(consumer)
+            self._tasks.append(asyncio.create_task(consumer.run(self._stop), name=sub.name))
+        self.grpc = GrpcServer(
+            service=self.spec.name,
+            servicers=self.spec.servicers(self),
+            verifier=self.verifier,
+            host=self.settings.grpc_host,
+            port=self.settings.grpc_port,
+        )
+        await self.grpc.start()
+        if self.settings.metrics_port:
+            from prometheus_client import start_http_server
+
+            start_http_server(self.settings.metrics_port)
+
+    async def stop(self) -> None:
+        """Stop taking calls, finish in-flight ones, then stop relay and consumers and close connections."""
+        if self.grpc is not None:
+            await self.grpc.stop(self.settings.shutdown_grace_seconds)
+        self._stop.set()
+        for task in self._tasks:
+            try:
+                await asyncio.wait_for(task, timeout=10)
+            except (TimeoutError, asyncio.CancelledError):
+                task.cancel()
+            except Exception:
+                log.exception("background task failed during shutdown")
+        if self.bus is not None:
+            await self.bus.close()
+        await self.db.dispose()
+
+    async def serve_forever(self) -> None:
+        loop = asyncio.get_running_loop()
+        stopping = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stopping.set)
+        await self.start()
+        log.info("%s serving on port %s", self.spec.name, self.port)
+        await stopping.wait()
+        log.info("%s shutting down", self.spec.name)
+        await self.stop()
+        shutdown_tracing()
+
+
+def migrate(spec: ServiceSpec, settings: ServiceSettings, kit: KitSettings) -> None:
+    upgrade(spec.migrations, settings.migration_database_url, app_role=kit.db_app_role)
+
+
+def main(spec: ServiceSpec, argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog=f"crm-{spec.name}", description=f"CRM {spec.name} service")
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("serve", help="run the gRPC server, the outbox relay and the event consumers")
+    commands.add_parser("migrate", help="apply database migrations")
+    dead = commands.add_parser("deadletters", help="inspect or replay messages consumers gave up on")
+    dead_cmd = dead.add_subparsers(dest="action", required=True)
+    dead_list = dead_cmd.add_parser("list")
+    dead_list.add_argument("--consumer", default=None)
+    dead_replay = dead_cmd.add_parser("replay")
+    dead_replay.add_argument("id")
+    args = parser.parse_args(argv)
+
+    kit = load(KitSettings)
+    settings = service_settings(spec.name, spec.default_grpc_port)
+    configure_logging(spec.name, kit.log_level, kit.log_format)
+
+    if args.command == "migrate":
+        migrate(spec, settings, kit)
+        print(f"{spec.name}: migrations applied")
+    elif args.command == "serve":
+        asyncio.run(ServiceRuntime(spec, settings, kit).serve_forever())
+    else:
+        asyncio.run(_dead_letters(args, settings, kit))
+
+
+async def _dead_letters(args: Any, settings: ServiceSettings, kit: KitSettings) -> None:
+    from crm_kit.events.deadletters import list_dead_letters, replay
+
+    db = Database(settings.database_url)
+    try:
+        if args.action == "list":
+            for dl in await list_dead_letters(db, consumer=args.consumer):
+                print(
+                    json.dumps(
+                        {
+                            "id": dl.id,
+                            "consumer": dl.consumer,
+                            "subject": dl.subject,
+                            "event_id": dl.event_id,
+                            "deliveries": dl.deliveries,
+                            "error": dl.error,
+                            "created_at": dl.created_at.isoformat(),
+                            "replayed_at": dl.replayed_at.isoformat() if dl.replayed_at else None,
+                        },
+                        ensure_ascii=False,
+                    )
+                )
+        else:
+            bus = await EventBus.connect(kit.nats_servers, name=f"crm-{args.id}-replay")
+            try:
+                await replay(db, bus, args.id)
+            finally:
+                await bus.close()
+            print(f"replayed {args.id}")
+    finally:
+        await db.dispose()
