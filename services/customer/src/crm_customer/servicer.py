@@ -87,7 +87,9 @@ class CustomerServicer(customer_pb2_grpc.CustomerServiceServicer):
         if filters["tag"]:
             where.append(cast(Contact.tags, String).contains(f'"{filters["tag"]}"'))
         if filters["q"]:
-            where.append(_text_search(filters["q"], Contact.first_name, Contact.last_name, Contact.email, Contact.phone))
+            where.append(
+                _text_search(filters["q"], Contact.first_name, Contact.last_name, Contact.email, Contact.phone)
+            )
         async with self.db.transaction() as session:
             rows, token = await self.contacts.list(
                 session, where=where, filters=filters, page_size=request.page_size, page_token=request.page_token

@@ -35,6 +35,7 @@ class Principal:
 
 
 _tenant: ContextVar[str | None] = ContextVar("crm_tenant_id", default=None)
+_system: ContextVar[bool] = ContextVar("crm_system_scope", default=False)
 _principal: ContextVar[Principal | None] = ContextVar("crm_principal", default=None)
 
 
@@ -68,3 +69,18 @@ def tenant_scope(tenant_id: str, principal: Principal | None = None) -> Iterator
     finally:
         _principal.reset(p)
         _tenant.reset(t)
+
+
+def in_system_scope() -> bool:
+    return _system.get()
+
+
+@contextmanager
+def system_scope() -> Iterator[None]:
+    """Kit machinery that must see every tenant's rows of the kit's own tables (the outbox relay, the
+    dead-letter store). On PostgreSQL it sets app.system for the transaction; tenant tables stay closed."""
+    token = _system.set(True)
+    try:
+        yield
+    finally:
+        _system.reset(token)

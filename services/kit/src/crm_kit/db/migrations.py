@@ -121,16 +121,21 @@ def create_system_tables(op: Operations) -> None:
         sa.Column("replayed_at", ts, nullable=True),
     )
     op.create_index("ix_dead_letters_consumer", "dead_letters", ["consumer"])
+    for table in ("outbox", "inbox", "dead_letters"):
+        enable_tenant_rls(op, table, system_access=True)
 
 
-def enable_tenant_rls(op: Operations, table: str) -> None:
-    """ENABLE + FORCE row-level security with a fail-closed tenant policy (PostgreSQL only)."""
+def enable_tenant_rls(op: Operations, table: str, *, system_access: bool = False) -> None:
+    """ENABLE + FORCE row-level security with a fail-closed tenant policy (PostgreSQL only).
+
+    `system_access` is for the kit's own tables: the relay and the dead-letter store run in
+    `crm_kit.context.system_scope()`, which sets app.system for their transactions.
+    """
     if op.get_bind().dialect.name != "postgresql":
         return
+    condition = "tenant_id = current_setting('app.tenant_id', true)"
+    if system_access:
+        condition = f"({condition} OR current_setting('app.system', true) = 'on')"
     op.execute(f'ALTER TABLE "{table}" ENABLE ROW LEVEL SECURITY')
     op.execute(f'ALTER TABLE "{table}" FORCE ROW LEVEL SECURITY')
-    op.execute(
-        f'CREATE POLICY {RLS_POLICY} ON "{table}" '
-        "USING (tenant_id = current_setting('app.tenant_id', true)) "
-        "WITH CHECK (tenant_id = current_setting('app.tenant_id', true))"
-    )
+    op.execute(f'CREATE POLICY {RLS_POLICY} ON "{table}" USING ({condition}) WITH CHECK ({condition})')

@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import event, text
 from sqlalchemy.orm import ORMExecuteState, Session, with_loader_criteria
 
-from crm_kit.context import NoTenantError, current_tenant
+from crm_kit.context import NoTenantError, current_tenant, in_system_scope
 from crm_kit.db.base import TenantScoped
 
 _installed: set[type[Session]] = set()
@@ -54,7 +54,10 @@ def _set_rls_tenant(session: Session, transaction: Any, connection: Any) -> None
     if connection.dialect.name != "postgresql":
         return
     tenant = current_tenant() or ""
-    connection.execute(text("SELECT set_config('app.tenant_id', :tid, true)"), {"tid": tenant})
+    connection.execute(
+        text("SELECT set_config('app.tenant_id', :tid, true), set_config('app.system', :sys, true)"),
+        {"tid": tenant, "sys": "on" if in_system_scope() else "off"},
+    )
 
 
 def install(session_class: type[Session]) -> None:

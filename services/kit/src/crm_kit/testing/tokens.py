@@ -53,7 +53,8 @@ class TokenIssuer:
         return {"keys": [jwk]}
 
     def verifier(self) -> StaticKeyVerifier:
-        return StaticKeyVerifier({self.kid: self.private_key.public_key()}, issuer=self.issuer, audience=self.audience)
+        keys = {self.kid: self.private_key.public_key()}
+        return StaticKeyVerifier(keys, issuer=self.issuer, audience=self.audience)
 
     def metadata(self, tenant_id: str, **kwargs: Any) -> tuple[tuple[str, str], ...]:
         return (("authorization", f"Bearer {self.issue(tenant_id, **kwargs)}"),)
