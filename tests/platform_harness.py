@@ -19,7 +19,7 @@ from werkzeug.serving import BaseWSGIServer, make_server
 
 from crm_analytics.app import SPEC as ANALYTICS
 from crm_customer.app import SPEC as CUSTOMER
-from crm_gateway.cli import main as crmctl
+from crm_gateway.cli import cli as crmctl
 from crm_kit.runtime import ServiceRuntime, ServiceSpec
 from crm_kit.testing.databases import DatabaseFactory
 from crm_kit.testing.services import BackgroundLoop, start_service

@@ -48,13 +48,14 @@ def _row(conn: Connection, table: str, tenant: str) -> dict[str, Any]:
     """A row with a plausible value for every NOT NULL column, whatever the table."""
     cols = conn.execute(
         sa.text(
-            "SELECT column_name, data_type, is_nullable, column_default FROM information_schema.columns "
+            "SELECT column_name, data_type, is_nullable, column_default, character_maximum_length "
+            "FROM information_schema.columns "
             "WHERE table_schema = 'public' AND table_name = :t"
         ),
         {"t": table},
     )
     row: dict[str, Any] = {}
-    for name, data_type, nullable, default in cols:
+    for name, data_type, nullable, default, max_length in cols:
         if name == "tenant_id":
             row[name] = tenant
         elif nullable == "NO" and default is None:
@@ -67,7 +68,7 @@ def _row(conn: Connection, table: str, tenant: str) -> dict[str, Any]:
             elif data_type in ("json", "jsonb"):
                 row[name] = sa.text("'[]'")
             else:
-                row[name] = uuid.uuid4().hex[:30]
+                row[name] = uuid.uuid4().hex[: min(30, max_length or 30)]
     return row
 
 

@@ -27,7 +27,7 @@ def to_message(row: Any, message_cls: type[M], **overrides: Any) -> M:
         target = getattr(message, name)
         if isinstance(value, datetime):
             target.FromDatetime(value)
-        elif field.label == field.LABEL_REPEATED:
+        elif field.is_repeated:
             target.extend(value)
         else:
             setattr(message, name, value)

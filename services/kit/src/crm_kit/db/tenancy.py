@@ -8,9 +8,10 @@ from typing import Any
 
 from sqlalchemy import event, text
 from sqlalchemy.orm import ORMExecuteState, Session, with_loader_criteria
+from sqlalchemy.sql.util import find_tables
 
 from crm_kit.context import NoTenantError, current_tenant, in_system_scope
-from crm_kit.db.base import TenantScoped
+from crm_kit.db.base import SystemBase, TenantScoped
 
 _installed: set[type[Session]] = set()
 
@@ -31,7 +32,16 @@ def _filter_by_tenant(state: ORMExecuteState) -> None:
 
 
 def _touches_tenant_data(state: ORMExecuteState) -> bool:
-    return any(issubclass(mapper.class_, TenantScoped) for mapper in state.all_mappers)
+    if any(issubclass(mapper.class_, TenantScoped) for mapper in state.all_mappers):
+        return True
+    # Column-only statements such as select(func.count()).select_from(Model) name no mapper.
+    stmt: Any = state.statement
+    froms = stmt.get_final_froms() if hasattr(stmt, "get_final_froms") else []
+    return any(
+        "tenant_id" in table.c and table.metadata is not SystemBase.metadata
+        for f in froms
+        for table in find_tables(f, include_joins=True, include_aliases=True)
+    )
 
 
 def _stamp_new_rows(session: Session, flush_context: Any, instances: Any) -> None:
