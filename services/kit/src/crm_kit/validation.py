@@ -38,12 +38,17 @@ def decimal_string(v: Violations, field: str, value: str, *, default: str = "0",
         return value
     if not number.is_finite():
         v.add(field, "must be a finite number")
-    elif number < 0:
+        return value
+    exponent = int(number.as_tuple().exponent)
+    # Digits written out in fixed point: "1e20" has 21, not 1 (and would overflow quantize below).
+    digits = len(number.as_tuple().digits) + max(exponent, 0)
+    if number < 0:
         v.add(field, "must not be negative")
-    elif len(number.as_tuple().digits) > max_digits or number.as_tuple().exponent < -4:  # type: ignore[operator]
+    elif digits > max_digits or exponent < -4:
         v.add(field, f"must have at most {max_digits} digits and 4 decimals")
     else:
-        return format(number.quantize(Decimal("0.01")) if number.as_tuple().exponent >= -2 else number, "f")  # type: ignore[operator]
+        number = number.copy_abs()  # "-0" is 0.00
+        return format(number.quantize(Decimal("0.01")) if exponent >= -2 else number, "f")
     return value
 
 
