@@ -7,10 +7,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from crm.analytics.v1 import analytics_pb2, analytics_pb2_grpc
+from crm_analytics import rebuild
 from crm_analytics.fold import ALL_EVENTS, CONSUMER, handle
 from crm_analytics.servicer import AnalyticsServicer
 from crm_kit.grpc.server import Servicer
-from crm_kit.runtime import ServiceRuntime, ServiceSpec, Subscription
+from crm_kit.runtime import Command, ServiceRuntime, ServiceSpec, Subscription
 
 
 def servicers(rt: ServiceRuntime) -> Sequence[Servicer]:
@@ -33,4 +34,12 @@ SPEC = ServiceSpec(
     migrations=Path(__file__).parent / "migrations",
     servicers=servicers,
     subscriptions=subscriptions,
+    commands=[
+        Command(
+            "rebuild",
+            "rebuild the read model by replaying the event stream (run with the owner database URL)",
+            rebuild.command,
+            rebuild.arguments,
+        )
+    ],
 )

@@ -13,13 +13,12 @@ Run it with the migration (owner) database URL: on PostgreSQL the tables are emp
 row-level security does not confine but which the application role may not run.
 
 `command` is `crm-analytics rebuild` once the kit's CLI takes extra commands; until then the same command
-runs as `python -m crm_analytics.rebuild [--allow-incomplete]`.
+runs as `crm-analytics rebuild [--allow-incomplete]`.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import logging
 import uuid
@@ -40,8 +39,7 @@ from crm_kit.db.system_tables import InboxEntry
 from crm_kit.events.bus import EventBus
 from crm_kit.events.envelope import Event, MalformedEvent
 from crm_kit.events.stream import DEFAULT_STREAM
-from crm_kit.logging import configure_logging
-from crm_kit.settings import KitSettings, ServiceSettings, load, service_settings
+from crm_kit.settings import KitSettings, ServiceSettings
 
 log = logging.getLogger("crm_analytics.rebuild")
 
@@ -209,22 +207,3 @@ async def command(args: argparse.Namespace, settings: ServiceSettings, kit: KitS
     except IncompleteStream as exc:
         raise SystemExit(f"analytics: {exc}") from None
     print(json.dumps({"rebuilt": asdict(result)}))
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """`python -m crm_analytics.rebuild`: the same command until the kit's CLI can host it."""
-    from crm_analytics.app import SPEC
-
-    parser = argparse.ArgumentParser(
-        prog="python -m crm_analytics.rebuild", description="rebuild the analytics read model from the stream"
-    )
-    arguments(parser)
-    args = parser.parse_args(argv)
-    kit = load(KitSettings)
-    settings = service_settings(SPEC.name, SPEC.default_grpc_port)
-    configure_logging(SPEC.name, kit.log_level, kit.log_format)
-    asyncio.run(command(args, settings, kit))
-
-
-if __name__ == "__main__":
-    main()

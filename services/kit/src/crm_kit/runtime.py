@@ -45,12 +45,23 @@ class Subscription:
 
 
 @dataclass(frozen=True)
+class Command:
+    """A service-specific command line verb beside serve/migrate/deadletters (e.g. analytics' rebuild)."""
+
+    name: str
+    help: str
+    run: Callable[[argparse.Namespace, ServiceSettings, KitSettings], Awaitable[None]]
+    add_arguments: Callable[[argparse.ArgumentParser], None] = field(default=lambda parser: None)
+
+
+@dataclass(frozen=True)
 class ServiceSpec:
     name: str
     default_grpc_port: int
     migrations: Path
     servicers: Callable[[ServiceRuntime], Sequence[Servicer]]
     subscriptions: Callable[[ServiceRuntime], Sequence[Subscription]] = field(default=lambda rt: ())
+    commands: Sequence[Command] = ()
 
 
 class ServiceRuntime:
@@ -154,6 +165,9 @@ def main(spec: ServiceSpec, argv: Sequence[str] | None = None) -> None:
     dead_list.add_argument("--consumer", default=None)
     dead_replay = dead_cmd.add_parser("replay")
     dead_replay.add_argument("id")
+    extra = {cmd.name: cmd for cmd in spec.commands}
+    for cmd in spec.commands:
+        cmd.add_arguments(commands.add_parser(cmd.name, help=cmd.help))
     args = parser.parse_args(argv)
 
     kit = load(KitSettings)
@@ -165,6 +179,8 @@ def main(spec: ServiceSpec, argv: Sequence[str] | None = None) -> None:
         print(f"{spec.name}: migrations applied")
     elif args.command == "serve":
         asyncio.run(ServiceRuntime(spec, settings, kit).serve_forever())
+    elif args.command in extra:
+        asyncio.run(extra[args.command].run(args, settings, kit))
     else:
         asyncio.run(_dead_letters(args, settings, kit))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import DateTime, Integer, MetaData, String
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -42,8 +43,10 @@ class UtcDateTime(TypeDecorator[datetime]):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-def make_base() -> type[DeclarativeBase]:
-    """Each service gets its own metadata, so in-process tests can host several services at once."""
+def make_base() -> Any:
+    """Each service gets its own metadata, so in-process tests can host several services at once.
+
+    Typed as Any because mypy cannot take a class returned by a function as a base class."""
 
     class Base(DeclarativeBase):
         metadata = MetaData(naming_convention=NAMING)
