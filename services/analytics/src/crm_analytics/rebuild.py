@@ -12,8 +12,7 @@ if its first events are gone, `rebuild` refuses (`IncompleteStream`) unless `all
 Run it with the migration (owner) database URL: on PostgreSQL the tables are emptied with TRUNCATE, which
 row-level security does not confine but which the application role may not run.
 
-`command` is `crm-analytics rebuild` once the kit's CLI takes extra commands; until then the same command
-runs as `crm-analytics rebuild [--allow-incomplete]`.
+Operators run it as `crm-analytics rebuild [--allow-incomplete]`.
 """
 
 from __future__ import annotations
