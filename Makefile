@@ -53,4 +53,5 @@ bench: setup
 clean:
 	rm -rf var protos/gen .pytest_cache .mypy_cache .ruff_cache
 
+CHART_PREREQUISITES := setup
 -include deploy/make/chart.mk
