@@ -26,7 +26,8 @@ def alembic_config(migrations_dir: Path, url: str, app_role: str = "") -> Config
     return cfg
 
 
-def upgrade(migrations_dir: Path, url: str, app_role: str = "", revision: str = "head") -> None:
+def upgrade(migrations_dir: Path, url: str, app_role: str = "", revision: str = "heads") -> None:
+    """Upgrade to every head: features may add independent revision branches off the same base."""
     command.upgrade(alembic_config(migrations_dir, url, app_role), revision)
 
 

@@ -35,14 +35,39 @@ class TokenVerifier(Protocol):
 
 
 def _wrap(handler: grpc.RpcMethodHandler | None, wrap: Callable[[Behavior], Behavior]) -> Any:
-    if handler is None or not handler.unary_unary:
-        # Only unary-unary RPCs exist in the CRM contracts; others pass through untouched.
-        return handler
-    return grpc.unary_unary_rpc_method_handler(
-        wrap(handler.unary_unary),
-        request_deserializer=handler.request_deserializer,
-        response_serializer=handler.response_serializer,
-    )
+    """Wrap unary-unary and unary-stream behaviours. Client-streaming RPCs are refused outright, so no RPC
+    kind can ever bypass authentication by not being wrapped."""
+    if handler is None:
+        return None
+    if handler.unary_unary:
+        return grpc.unary_unary_rpc_method_handler(
+            wrap(handler.unary_unary),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+    if handler.unary_stream:
+        return grpc.unary_stream_rpc_method_handler(
+            _wrap_stream(handler.unary_stream, wrap),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+    raise RuntimeError("client-streaming RPCs are not supported by the CRM kit")
+
+
+def _wrap_stream(behavior: Any, wrap: Callable[[Behavior], Behavior]) -> Any:
+    """A server-streaming behaviour is an async generator; run it through the same wrapper by collecting
+    nothing: the wrapper sees a unary call that writes every response with context.write."""
+
+    async def as_unary(request: Any, context: grpc.aio.ServicerContext) -> None:
+        async for response in behavior(request, context):
+            await context.write(response)
+
+    wrapped = wrap(as_unary)
+
+    async def streaming(request: Any, context: grpc.aio.ServicerContext) -> None:
+        await wrapped(request, context)
+
+    return streaming
 
 
 def _metadata(context: grpc.aio.ServicerContext) -> dict[str, str]:
