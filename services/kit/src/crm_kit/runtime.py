@@ -93,9 +93,8 @@ class ServiceRuntime:
     async def start(self) -> None:
         configure_tracing(self.spec.name)
         self.bus = await EventBus.connect(self.kit.nats_servers, name=self.spec.name)
-        await ensure_stream(self.bus.js, self.kit.events_stream)
+        await ensure_stream(self.bus.js, self.kit.events_stream, update_existing=False)
         self.relay = OutboxRelay(self.db, self.bus)
-        self.db.after_commit.append(self.relay.notify)
         self._tasks.append(asyncio.create_task(self.relay.run(self._stop), name=f"{self.spec.name}-relay"))
         for sub in self.spec.subscriptions(self):
             consumer = EventConsumer(

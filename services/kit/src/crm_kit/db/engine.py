@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -65,8 +65,6 @@ class Database:
         self.sessions = async_sessionmaker(
             self.engine, expire_on_commit=False, sync_session_class=GuardedSession
         )
-        # Called after every successful transaction(), e.g. to wake the outbox relay at once.
-        self.after_commit: list[Callable[[], None]] = []
 
     @property
     def dialect(self) -> str:
@@ -75,11 +73,8 @@ class Database:
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:
         """A session inside one transaction: committed on success, rolled back on any error."""
-        async with self.sessions() as session:
-            async with session.begin():
-                yield session
-            for hook in self.after_commit:
-                hook()
+        async with self.sessions() as session, session.begin():
+            yield session
 
     async def dispose(self) -> None:
         await self.engine.dispose()

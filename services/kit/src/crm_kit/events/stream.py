@@ -16,7 +16,9 @@ log = logging.getLogger(__name__)
 DEFAULT_STREAM = "CRM_EVENTS"
 DEFAULT_SUBJECTS = ("crm.events.>",)
 DUPLICATE_WINDOW_SECONDS = 600  # longer than the relay's longest retry (max_backoff 30 s)
-MAX_AGE_DAYS = 7.0  # how long a consumer may be down without missing events
+# 0 = no age limit: the stream is the history analytics rebuilds its read models from. Production sizes it
+# with max_bytes instead (and erasure removes a person's events, see crm_kit.privacy).
+MAX_AGE_DAYS = 0.0
 
 
 def stream_config(
@@ -38,7 +40,7 @@ def stream_config(
         storage=StorageType.FILE,
         num_replicas=replicas,
         duplicate_window=float(duplicate_window_seconds),
-        max_age=max_age_days * 86400.0,
+        max_age=max_age_days * 86400.0 if max_age_days else None,
     )
 
 
@@ -51,9 +53,13 @@ async def ensure_stream(
     duplicate_window_seconds: float = DUPLICATE_WINDOW_SECONDS,
     max_age_days: float = MAX_AGE_DAYS,
     connect_timeout: float = 30.0,
+    update_existing: bool = True,
 ) -> StreamInfo:
     """Create the stream, or update it to this configuration. `target` is a JetStream context, an
-    `EventBus`, or NATS server URL(s), in which case a connection is opened and closed here."""
+    `EventBus`, or NATS server URL(s), in which case a connection is opened and closed here.
+
+    Services call this at start with `update_existing=False`: they create a missing stream (local use) but
+    never override what an operator set with `crmctl events ensure-stream --replicas 3`."""
     config = stream_config(
         name,
         replicas,
@@ -62,25 +68,27 @@ async def ensure_stream(
         max_age_days=max_age_days,
     )
     if isinstance(target, JetStreamContext):
-        return await _apply(target, config)
+        return await _apply(target, config, update_existing)
     if isinstance(target, EventBus):
-        return await _apply(target.js, config)
+        return await _apply(target.js, config, update_existing)
     servers = target if isinstance(target, str) else list(target)  # a string may be comma separated
     bus = await EventBus.connect(servers, name="crm-ensure-stream", timeout=connect_timeout)
     try:
-        return await _apply(bus.js, config)
+        return await _apply(bus.js, config, update_existing)
     finally:
         await bus.close()
 
 
-async def _apply(js: JetStreamContext, config: StreamConfig) -> StreamInfo:
+async def _apply(js: JetStreamContext, config: StreamConfig, update_existing: bool) -> StreamInfo:
     assert config.name
     try:
-        await js.stream_info(config.name)
+        existing = await js.stream_info(config.name)
     except NotFoundError:
         info = await js.add_stream(config)
         log.info("created stream %s on %s (replicas %s)", config.name, config.subjects, config.num_replicas)
         return info
+    if not update_existing:
+        return existing
     info = await js.update_stream(config)
     log.info("updated stream %s on %s (replicas %s)", config.name, config.subjects, config.num_replicas)
     return info

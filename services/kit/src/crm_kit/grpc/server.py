@@ -35,6 +35,10 @@ class GrpcServer:
             options=[
                 ("grpc.max_receive_message_length", 4 * 1024 * 1024),
                 ("grpc.so_reuseport", 0),
+                # Clients reconnect (and re-resolve) every few minutes, so new pods get traffic after a
+                # scale-up; in-flight calls get a grace period.
+                ("grpc.max_connection_age_ms", 300_000),
+                ("grpc.max_connection_age_grace_ms", 30_000),
             ],
         )
         self.health = health.aio.HealthServicer()
