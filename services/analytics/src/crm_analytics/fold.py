@@ -169,7 +169,7 @@ async def _project(session: AsyncSession, event: Event) -> Outcome:
         if row is not None and (row.version, row.deleted) >= (version, deleted):
             return Outcome.STALE
         if row is None:
-            row = model(id=id_)
+            row = model(id=id_)  # type: ignore[call-arg]
             session.add(row)
         row.version = version
         row.deleted = deleted

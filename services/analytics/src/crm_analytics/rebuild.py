@@ -23,6 +23,7 @@ import logging
 import uuid
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
@@ -66,7 +67,7 @@ async def clear(db: Database, consumer: str = CONSUMER) -> None:
         else:
             for table in READ_MODEL_TABLES:
                 await conn.execute(text(f'DELETE FROM "{table}"'))
-        inbox = InboxEntry.__table__
+        inbox: Any = InboxEntry.__table__
         await conn.execute(delete(inbox).where(inbox.c.consumer == consumer))
 
 

@@ -9,7 +9,7 @@ import asyncio
 import json
 import logging
 import signal
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,7 +50,7 @@ class Command:
 
     name: str
     help: str
-    run: Callable[[argparse.Namespace, ServiceSettings, KitSettings], Awaitable[None]]
+    run: Callable[[argparse.Namespace, ServiceSettings, KitSettings], Coroutine[Any, Any, None]]
     add_arguments: Callable[[argparse.ArgumentParser], None] = field(default=lambda parser: None)
 
 

@@ -89,7 +89,7 @@ def service_settings(service: str, default_grpc_port: int, **overrides: Any) -> 
         (ServiceSettings,),
         {"model_config": SettingsConfigDict(env_prefix=prefix, extra="ignore")},
     )
-    settings = load(cls, **overrides)
+    settings: ServiceSettings = load(cls, **overrides)
     if not settings.database_url:
         settings.database_url = f"sqlite+aiosqlite:///{DATA_DIR / (service + '.db')}"
     if not settings.migration_database_url:

@@ -38,7 +38,7 @@ def _touches_tenant_data(state: ORMExecuteState) -> bool:
     stmt: Any = state.statement
     froms = stmt.get_final_froms() if hasattr(stmt, "get_final_froms") else []
     return any(
-        "tenant_id" in table.c and table.metadata is not SystemBase.metadata
+        "tenant_id" in table.c and getattr(table, "metadata", None) is not SystemBase.metadata
         for f in froms
         for table in find_tables(f, include_joins=True, include_aliases=True)
     )

@@ -41,7 +41,7 @@ def _wrap(handler: grpc.RpcMethodHandler | None, wrap: Callable[[Behavior], Beha
         return None
     if handler.unary_unary:
         return grpc.unary_unary_rpc_method_handler(
-            wrap(handler.unary_unary),
+            wrap(handler.unary_unary),  # type: ignore[arg-type]
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
@@ -116,7 +116,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
                 try:
                     return await behavior(request, context)
                 except CrmError as exc:
-                    await context.abort_with_status(rpc_status.to_status(exc.to_status()))
+                    await context.abort_with_status(rpc_status.to_status(exc.to_status()))  # type: ignore[attr-defined]
                 except grpc.aio.AbortError:
                     raise
                 except Exception:

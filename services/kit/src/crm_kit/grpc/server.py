@@ -41,7 +41,7 @@ class GrpcServer:
                 ("grpc.max_connection_age_grace_ms", 30_000),
             ],
         )
-        self.health = health.aio.HealthServicer()
+        self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         names = [s.full_name for s in servicers]
         for s in servicers:

@@ -27,8 +27,9 @@ async def start_service(
     jwks_url: str = "",
 ) -> ServiceRuntime:
     """Migrate the service's database (as the owner) and start it on a free port (as the app role)."""
-    extra = {"jwks_url": jwks_url} if jwks_url else {}
-    kit = KitSettings(nats_url=nats_url, db_app_role=urls.app_role, **extra)
+    kit = KitSettings(nats_url=nats_url, db_app_role=urls.app_role)
+    if jwks_url:
+        kit.jwks_url = jwks_url
     # Alembic's env runs its own event loop, so it cannot run on this one.
     await asyncio.to_thread(upgrade, spec.migrations, urls.owner, urls.app_role)
     settings = ServiceSettings(
