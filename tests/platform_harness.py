@@ -4,6 +4,7 @@ configured). Tests drive it through REST as a user would, or through gRPC as an 
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
@@ -130,10 +131,8 @@ class Platform:
         if self._server is not None:
             self._server.shutdown()
         for rt in reversed(list(self.runtimes.values())):
-            try:
+            with contextlib.suppress(Exception):  # best effort during teardown
                 self.loop.run(rt.stop(), timeout=30)
-            except Exception:  # noqa: BLE001 - best effort during teardown
-                pass
         self.loop.close()
 
 

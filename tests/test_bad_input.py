@@ -64,12 +64,16 @@ def test_invalid_contact_fields_are_named(platform: Platform, tenant_a: Tenant, 
         ("/api/v1/opportunities", {"name": "x", "amount": "1", "currency": "CNY", "stage": "dreaming"}, "stage"),
         ("/api/v1/tickets", {"subject": "x", "priority": "whenever"}, "priority"),
         ("/api/v1/campaigns", {"name": "x", "channel": "carrier-pigeon"}, "channel"),
-        ("/api/v1/campaigns", {"name": "x", "channel": "web", "start_date": "2026-12-01", "end_date": "2026-11-01"},
-         "end_date"),
+        (
+            "/api/v1/campaigns",
+            {"name": "x", "channel": "web", "start_date": "2026-12-01", "end_date": "2026-11-01"},
+            "end_date",
+        ),
     ],
 )
-def test_invalid_fields_in_other_services(platform: Platform, tenant_a: Tenant, path: str, body: dict,
-                                          field: str) -> None:
+def test_invalid_fields_in_other_services(
+    platform: Platform, tenant_a: Tenant, path: str, body: dict, field: str
+) -> None:
     with platform.http(tenant_a) as api:
         _assert_problem(api.post(path, json=body), field=field)
 

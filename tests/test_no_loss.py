@@ -41,15 +41,18 @@ async def test_killing_nats_mid_stream_loses_and_duplicates_nothing(
     tenant = "chaos-" + uuid.uuid4().hex[:8]
     metadata = token_issuer.metadata(tenant)
     try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{customer.port}") as ch_c, grpc.aio.insecure_channel(
-            f"127.0.0.1:{analytics.port}"
-        ) as ch_a:
+        async with (
+            grpc.aio.insecure_channel(f"127.0.0.1:{customer.port}") as ch_c,
+            grpc.aio.insecure_channel(f"127.0.0.1:{analytics.port}") as ch_a,
+        ):
             contacts = customer_pb2_grpc.CustomerServiceStub(ch_c)
             summary = analytics_pb2_grpc.AnalyticsServiceStub(ch_a)
 
             async def create(i: int) -> None:
                 await contacts.CreateContact(
-                    customer_pb2.CreateContactRequest(contact=customer_pb2.Contact(first_name="客户", last_name=str(i))),
+                    customer_pb2.CreateContactRequest(
+                        contact=customer_pb2.Contact(first_name="客户", last_name=str(i))
+                    ),
                     metadata=metadata,
                     timeout=30,
                 )

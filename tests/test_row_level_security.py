@@ -84,9 +84,7 @@ def _insert(conn: Connection, table: str, tenant: str) -> None:
 
 def test_the_application_role_is_bound_by_rls(app_engine: Engine) -> None:
     with app_engine.connect() as conn:
-        role = conn.execute(
-            sa.text("SELECT rolsuper, rolbypassrls FROM pg_roles WHERE rolname = current_user")
-        ).one()
+        role = conn.execute(sa.text("SELECT rolsuper, rolbypassrls FROM pg_roles WHERE rolname = current_user")).one()
         assert role == (False, False)
         owned = conn.execute(
             sa.text("SELECT count(*) FROM pg_tables WHERE schemaname = 'public' AND tableowner = current_user")
@@ -121,7 +119,9 @@ def test_tenants_see_only_their_rows_and_cannot_write_others(app_engine: Engine)
             assert conn.execute(sa.text(f'SELECT count(*) FROM "{table}" WHERE tenant_id = :b'), {"b": B}).scalar() == 0
             visible = conn.execute(sa.text(f'SELECT DISTINCT tenant_id FROM "{table}"')).scalars().all()
             assert visible == [A], table
-            updated = conn.execute(sa.text(f'UPDATE "{table}" SET tenant_id = tenant_id WHERE tenant_id = :b'), {"b": B})
+            updated = conn.execute(
+                sa.text(f'UPDATE "{table}" SET tenant_id = tenant_id WHERE tenant_id = :b'), {"b": B}
+            )
             assert updated.rowcount == 0
         with app_engine.connect() as conn, conn.begin():
             _set_tenant(conn, A)

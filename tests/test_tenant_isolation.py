@@ -22,7 +22,8 @@ def a_records(platform: Platform, tenant_a: Tenant) -> dict[str, dict[str, Any]]
         contact = api.post("/api/v1/contacts", json={"first_name": "Ada", "last_name": "Lovelace"}).json()
         account = api.post("/api/v1/accounts", json={"name": "Analytical Engines"}).json()
         opp = api.post(
-            "/api/v1/opportunities", json={"contact_id": contact["id"], "name": "Engine", "amount": "10", "currency": "GBP"}
+            "/api/v1/opportunities",
+            json={"contact_id": contact["id"], "name": "Engine", "amount": "10", "currency": "GBP"},
         ).json()
         ticket = api.post("/api/v1/tickets", json={"contact_id": contact["id"], "subject": "Broken gear"}).json()
         campaign = api.post("/api/v1/campaigns", json={"name": "Launch", "channel": "web"}).json()
@@ -31,7 +32,11 @@ def a_records(platform: Platform, tenant_a: Tenant) -> dict[str, dict[str, Any]]
 
 RESOURCES = ["contacts", "accounts", "opportunities", "tickets", "campaigns"]
 NAME_FIELD = {
-    "contacts": "first_name", "accounts": "name", "opportunities": "name", "tickets": "subject", "campaigns": "name"
+    "contacts": "first_name",
+    "accounts": "name",
+    "opportunities": "name",
+    "tickets": "subject",
+    "campaigns": "name",
 }
 
 
@@ -57,10 +62,16 @@ def _grpc_get(platform: Platform, resource: str, rid: str, tenant: Tenant) -> An
         "accounts": (customer_pb2_grpc.CustomerServiceStub, "customer", "GetAccount", customer_pb2.GetAccountRequest),
         "opportunities": (sales_pb2_grpc.SalesServiceStub, "sales", "GetOpportunity", sales_pb2.GetOpportunityRequest),
         "tickets": (
-            servicedesk_pb2_grpc.ServicedeskServiceStub, "servicedesk", "GetTicket", servicedesk_pb2.GetTicketRequest
+            servicedesk_pb2_grpc.ServicedeskServiceStub,
+            "servicedesk",
+            "GetTicket",
+            servicedesk_pb2.GetTicketRequest,
         ),
         "campaigns": (
-            marketing_pb2_grpc.MarketingServiceStub, "marketing", "GetCampaign", marketing_pb2.GetCampaignRequest
+            marketing_pb2_grpc.MarketingServiceStub,
+            "marketing",
+            "GetCampaign",
+            marketing_pb2.GetCampaignRequest,
         ),
     }
     stub_cls, service, method, request_cls = calls[resource]
@@ -101,8 +112,9 @@ def test_forged_tenant_id_in_a_body_is_ignored(platform: Platform, tenant_a: Ten
         assert "Forger" not in names
 
 
-def test_tenant_header_that_disagrees_with_the_token_is_refused(platform: Platform, tenant_a: Tenant,
-                                                                tenant_b: Tenant) -> None:
+def test_tenant_header_that_disagrees_with_the_token_is_refused(
+    platform: Platform, tenant_a: Tenant, tenant_b: Tenant
+) -> None:
     with platform.http(tenant_b) as api:
         r = api.get("/api/v1/contacts", headers={"X-Tenant-ID": tenant_a.tenant_id})
         assert r.status_code in (401, 403)
