@@ -13,6 +13,7 @@ from crm_gateway.cli import cli
 from crm_gateway.config import load_settings
 from crm_gateway.db import Database
 from crm_gateway.tenants import list_tenants
+from crm_kit.testing.nats import NatsServer
 
 
 @pytest.fixture
@@ -138,13 +139,19 @@ def test_unreachable_database_is_a_clean_error(monkeypatch: pytest.MonkeyPatch, 
     assert "Traceback" not in result.output
 
 
-def test_events_ensure_stream(env: dict[str, str], nats_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("CRM_NATS_URL", nats_url)
-    monkeypatch.setenv("CRM_EVENTS_STREAM", "CRM_EVENTS_GATEWAY_TEST")
-    for _ in range(2):  # creating, then updating in place
-        result = run("events", "ensure-stream", "--replicas", "1")
-        assert result.exit_code == 0, result.output
-        assert "CRM_EVENTS_GATEWAY_TEST ready" in result.output
+def test_events_ensure_stream(env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A server of its own: the shared one already has a stream on crm.events.>, and subjects may not overlap.
+    server = NatsServer(tmp_path / "nats")
+    server.start()
+    try:
+        monkeypatch.setenv("CRM_NATS_URL", server.url)
+        monkeypatch.setenv("CRM_EVENTS_STREAM", "CRM_EVENTS_GATEWAY_TEST")
+        for _ in range(2):  # creating, then updating in place
+            result = run("events", "ensure-stream", "--replicas", "1")
+            assert result.exit_code == 0, result.output
+            assert "CRM_EVENTS_GATEWAY_TEST ready" in result.output
+    finally:
+        server.stop()
 
 
 @pytest.mark.slow
