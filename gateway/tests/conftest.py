@@ -11,7 +11,7 @@ import shutil
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -332,9 +332,14 @@ class RunningFake:
 def start_fake() -> Iterator[Callable[..., RunningFake]]:
     servers: list[grpc.Server] = []
 
-    def start(name: str = "default") -> RunningFake:
+    def start(
+        name: str = "default",
+        handlers: Callable[[FakeServices], Sequence[grpc.GenericRpcHandler]] | None = None,
+    ) -> RunningFake:
         fake = FakeServices(name=name)
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
+        if handlers is not None:  # extra stand-in services, e.g. built from test-only descriptors
+            server.add_generic_rpc_handlers(tuple(handlers(fake)))
         customer_pb2_grpc.add_CustomerServiceServicer_to_server(CustomerServicer(fake), server)
         sales_pb2_grpc.add_SalesServiceServicer_to_server(SalesServicer(fake), server)
         analytics_pb2_grpc.add_AnalyticsServiceServicer_to_server(AnalyticsServicer(fake), server)

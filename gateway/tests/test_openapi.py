@@ -57,7 +57,8 @@ def test_document_shape(client: FlaskClient, admin_token: str) -> None:
     assert len(ids) == len(set(ids))
 
     list_params = {p["name"]: p for p in paths["/api/v1/contacts"]["get"]["parameters"]}
-    assert {"page_size", "page_token", "owner_id", "account_id", "tag", "q"} == set(list_params)
+    assert {"page_size", "page_token", "owner_id", "account_id", "tag", "tags", "q", "order_by"} <= set(list_params)
+    assert list_params["tags"]["schema"]["type"] == "array"
     assert list_params["page_size"]["schema"] == {"type": "integer", "format": "int32"}
     created = paths["/api/v1/contacts"]["post"]["responses"]["201"]
     assert "Location" in created["headers"]

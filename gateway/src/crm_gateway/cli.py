@@ -280,6 +280,49 @@ def clients_revoke(client_id: str) -> None:
     console.print(f"revoked {client_id}")
 
 
+# --- contacts -----------------------------------------------------------------------------------------
+
+
+@cli.group(help="Contacts of a tenant.")
+def contacts() -> None:
+    pass
+
+
+@contacts.command("import", help="Import contacts from a CSV or XLSX file (field-name headers need no mapping).")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--tenant", "tenant_slug", required=True, help="Tenant slug.")
+@click.option("--dry-run", is_flag=True, help="Check every row and report problems; write nothing.")
+@click.option(
+    "--mapping",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help='JSON {"column header": "field"} or lines "column header: field".',
+)
+@click.option("--match-email", is_flag=True, help="Rows without id or external_id update the contact with that email.")
+def contacts_import(file: Path, tenant_slug: str, dry_run: bool, mapping: Path | None, match_email: bool) -> None:
+    from crm_gateway import contact_import
+
+    settings = _settings()
+    db = _migrated_db(settings)
+    try:
+        target = contact_import.target(db, settings, tenant_slug)
+        job = contact_import.run_import(
+            target,
+            file,
+            dry_run=dry_run,
+            mapping=contact_import.read_mapping(mapping),
+            match_email=match_email,
+            console=console,
+        )
+    except contact_import.ImportError_ as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        db.dispose()
+    contact_import.report(job, console)
+    if contact_import.has_problems(job):
+        raise SystemExit(1)
+
+
 # --- events and dead letters --------------------------------------------------------------------------
 
 

@@ -80,6 +80,8 @@ class GatewaySettings(BaseSettings):
     # NoDecode: parsed by _cells_json below, so malformed JSON is a validation error naming GATEWAY_CELLS.
     cells: Annotated[dict[str, dict[str, str]], NoDecode] = Field(default_factory=dict)
     grpc_deadline_seconds: float = Field(default=10.0, gt=0, le=300)
+    # Body limit of upload routes (imports); every other route takes at most MAX_BODY_BYTES.
+    max_upload_bytes: int = Field(default=50 * 1024 * 1024, ge=MAX_BODY_BYTES, le=2 * 1024**3)
 
     # Rate limits: requests per window, in memory per worker process.
     auth_rate_per_ip: int = Field(default=20, ge=1)

@@ -71,6 +71,13 @@ def _scalar_schema(fd: FieldDescriptor) -> Schema:
     return {}
 
 
+def message_ref(desc: Descriptor) -> Schema:
+    """The schema of a whole message: inline for well-known types, else a reference (publish it via
+    Operation.messages)."""
+    name = desc.full_name
+    return dict(_WELL_KNOWN[name]) if name in _WELL_KNOWN else ref(name)
+
+
 def field_schema(fd: FieldDescriptor) -> Schema:
     entry = message_type(fd)
     if entry is not None and is_map(fd):
@@ -105,7 +112,8 @@ def _nested_messages(desc: Descriptor, seen: dict[str, Descriptor]) -> None:
 def _reply(reply: Reply) -> dict[str, Any]:
     doc: dict[str, Any] = {"description": reply.description}
     if reply.schema is not None:
-        doc["content"] = {reply.content_type: {"schema": reply.schema}}
+        types = (reply.content_type, *reply.more_content_types)
+        doc["content"] = {media: {"schema": reply.schema} for media in types}
     if reply.headers:
         doc["headers"] = {
             name: {"description": text, "schema": {"type": "string"}} for name, text in reply.headers.items()
@@ -140,11 +148,16 @@ def _operation(op: Operation) -> dict[str, Any]:
             }
             for p in op.params
         ]
-    if op.request_body is not None:
+    if op.request_content:
+        doc["requestBody"] = {
+            "required": op.request_body_required,
+            "content": {media: {"schema": schema} for media, schema in op.request_content.items()},
+        }
+    elif op.request_body is not None:
         content: dict[str, Any] = {"application/json": {"schema": op.request_body}}
         if op.operation_id == "issueToken":
             content["application/x-www-form-urlencoded"] = {"schema": op.request_body}
-        doc["requestBody"] = {"required": True, "content": content}
+        doc["requestBody"] = {"required": op.request_body_required, "content": content}
     doc["security"] = [] if op.public else [{"bearerAuth": []}]
     return doc
 
@@ -343,4 +356,4 @@ def register(app: Flask) -> None:
     )
 
 
-__all__ = ["SERVER_OWNED", "build", "field_schema", "register"]
+__all__ = ["SERVER_OWNED", "build", "field_schema", "message_ref", "register"]

@@ -57,6 +57,11 @@ def problem_from_rpc_error(error: grpc.RpcError, *, service: str, resource_field
     code: grpc.StatusCode = error.code()  # type: ignore[attr-defined]
     message: str = error.details() or ""  # type: ignore[attr-defined]
     status, slug = _MAP.get(code, (502, "upstream-error"))
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" in message.lower():
+        # gRPC's own message size limit (e.g. an import larger than the service accepts), not a rate limit
+        return Problem(
+            413, detail=f"the message is too large for the {service} service", type=problem_type("payload-too-large")
+        )
     if status == 502:
         log.error("upstream error", extra={"service": service, "grpc_code": code.name, "detail": message})
         return Problem(502, detail=f"the {service} service failed", type=problem_type(slug))

@@ -125,9 +125,26 @@ def _http_exception(exc: HTTPException) -> Response:
         headers["Allow"] = ", ".join(sorted(exc.valid_methods))
     detail = exc.description or ""
     if status == 413:
-        detail = "the request body is larger than 1 MiB"
+        detail = f"the request body is larger than {_size(_body_limit())}"
     slug = _HTTP_TYPES.get(status)
     return problem_response(Problem(status, detail=detail, type=problem_type(slug) if slug else "", headers=headers))
+
+
+def _body_limit() -> int | None:
+    try:
+        return request.max_content_length
+    except RuntimeError:  # outside a request
+        return None
+
+
+def _size(limit: int | None) -> str:
+    if limit is None:
+        return "the limit"
+    if limit % (1024 * 1024) == 0:
+        return f"{limit // (1024 * 1024)} MiB"
+    if limit % 1024 == 0:
+        return f"{limit // 1024} KiB"
+    return f"{limit} bytes"
 
 
 def _unexpected(exc: Exception) -> Response:

@@ -34,6 +34,8 @@ class Reply:
     schema: Schema | None = None
     content_type: str = "application/json"
     headers: Mapping[str, str] = field(default_factory=dict)  # header name -> description
+    # More media types documented with the same schema (e.g. the formats of a file download).
+    more_content_types: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -48,10 +50,16 @@ class Operation:
     scope: str | None = None
     admin_only: bool = False
     request_body: Schema | None = None
+    # Media types of the request body other than application/json (e.g. uploads), each with its schema;
+    # when given, they replace the application/json entry built from request_body.
+    request_content: Mapping[str, Schema] = field(default_factory=dict)
+    request_body_required: bool = True
     replies: Mapping[int, Reply] = field(default_factory=dict)
     params: tuple[Param, ...] = ()
     messages: tuple[Descriptor, ...] = ()  # proto messages to publish under components.schemas
     description: str = ""
+    # Whether API clients need "<scope>:write"; None derives it from the method (GET reads).
+    write: bool | None = None
 
     @property
     def openapi_path(self) -> str:
@@ -61,7 +69,8 @@ class Operation:
     def required_scope(self) -> str | None:
         if self.scope is None:
             return None
-        return f"{self.scope}:{'read' if self.method == 'GET' else 'write'}"
+        write = self.method != "GET" if self.write is None else self.write
+        return f"{self.scope}:{'write' if write else 'read'}"
 
 
 _CONVERTER = re.compile(r"<(?:[a-z_]+:)?([A-Za-z_][A-Za-z0-9_]*)>")

@@ -51,10 +51,17 @@ API = "/api/v1"
 # registering the descriptors in the default pool).
 PROTO_MODULES = (
     "crm.customer.v1.customer_pb2",
+    "crm.customer.v1.custom_fields_pb2",
+    "crm.customer.v1.timeline_pb2",
     "crm.sales.v1.sales_pb2",
     "crm.marketing.v1.marketing_pb2",
     "crm.servicedesk.v1.servicedesk_pb2",
     "crm.analytics.v1.analytics_pb2",
+    "crm.common.v1.audit_pb2",
+    "crm.customer.v1.privacy_pb2",
+    "crm.customer.v1.dedupe_pb2",
+    "crm.common.v1.personal_data_pb2",
+    "crm.customer.v1.transfer_pb2",
 )
 
 
@@ -65,6 +72,8 @@ class ResourceRoute:
     message: str  # short message name, e.g. "Contact"
     # Fields documented "Output only" beyond the server-owned ones every resource has.
     output_only: tuple[str, ...] = ()
+    # Create, update and delete need the admin role (reads stay open to the tenant); the service checks too.
+    admin_writes: bool = False
 
 
 @dataclass(frozen=True)
@@ -77,8 +86,10 @@ class SingletonRoute:
 
 
 RESOURCES: tuple[ResourceRoute, ...] = (
-    ResourceRoute("contacts", "crm.customer.v1.CustomerService", "Contact"),
-    ResourceRoute("accounts", "crm.customer.v1.CustomerService", "Account"),
+    ResourceRoute("contacts", "crm.customer.v1.CustomerService", "Contact", output_only=("display_name",)),
+    ResourceRoute("accounts", "crm.customer.v1.CustomerService", "Account", output_only=("contact_count",)),
+    ResourceRoute("custom-fields", "crm.customer.v1.CustomFieldService", "CustomFieldDefinition", admin_writes=True),
+    ResourceRoute("interactions", "crm.customer.v1.TimelineService", "Interaction", output_only=("source",)),
     ResourceRoute("opportunities", "crm.sales.v1.SalesService", "Opportunity", output_only=("contact_name", "status")),
     ResourceRoute("campaigns", "crm.marketing.v1.MarketingService", "Campaign"),
     ResourceRoute("tickets", "crm.servicedesk.v1.ServicedeskService", "Ticket"),
@@ -231,27 +242,41 @@ def bound_singletons() -> list[BoundSingleton]:
 
 def scope_resources() -> list[str]:
     """Every resource key an API-client scope may name."""
-    keys = [r.plural for r in RESOURCES] + [s.scope for s in SINGLETONS] + ["users"]
+    from crm_gateway.rest.methods import METHOD_ROUTES
+
+    keys = [r.plural for r in RESOURCES] + [s.scope for s in SINGLETONS] + [m.scope for m in METHOD_ROUTES] + ["users"]
     return list(dict.fromkeys(keys))
 
 
 # --- calling the service ------------------------------------------------------------------------------
 
 
-def _invoke(service: ServiceDescriptor, method: MethodDescriptor, req: Message, resource_field: str = "") -> Any:
+def _invoke(
+    service: ServiceDescriptor,
+    method: MethodDescriptor,
+    req: Message,
+    resource_field: str = "",
+    *,
+    deadline_seconds: float | None = None,
+    endpoint: str = "",
+) -> Any:
+    """Call `method` in the caller's cell; `endpoint` names the service to call when the proto service is
+    served by several (crm.common.v1.AuditService), else it follows from the service name."""
     gateway = current_gateway()
     caller = current_caller()
+    key = endpoint or service_key(service)
     try:
         return gateway.upstream.call(
             tenant_id=caller.tenant_id,
-            service_key=service_key(service),
+            service_key=key,
             method=method,
             request=req,
             bearer_token=current_token(),
             request_id=g.get("request_id", ""),
+            deadline_seconds=deadline_seconds,
         )
     except grpc.RpcError as exc:
-        raise problem_from_rpc_error(exc, service=service_key(service), resource_field=resource_field) from None
+        raise problem_from_rpc_error(exc, service=key, resource_field=resource_field) from None
     except UnknownTenant:
         raise Problem(
             403, detail="the tenant of this token is not served here", type=problem_type("forbidden")
@@ -457,6 +482,7 @@ def _register_resource(app: Flask, res: BoundResource) -> None:
                 rule=base,
                 method="POST",
                 operation_id=f"create{x}",
+                admin_only=res.route.admin_writes,
                 summary=f"Create a {_snake(x).replace('_', ' ')}",
                 tag=tag,
                 scope=res.plural,
@@ -502,6 +528,7 @@ def _register_resource(app: Flask, res: BoundResource) -> None:
                 rule=f"{base}/<id>",
                 method="PATCH",
                 operation_id=f"update{x}",
+                admin_only=res.route.admin_writes,
                 summary=f"Change some fields of a {_snake(x).replace('_', ' ')}",
                 tag=tag,
                 scope=res.plural,
@@ -521,6 +548,7 @@ def _register_resource(app: Flask, res: BoundResource) -> None:
                 rule=f"{base}/<id>",
                 method="DELETE",
                 operation_id=f"delete{x}",
+                admin_only=res.route.admin_writes,
                 summary=f"Delete a {_snake(x).replace('_', ' ')}",
                 tag=tag,
                 scope=res.plural,

@@ -26,7 +26,9 @@ CHANNEL_OPTIONS: list[tuple[str, int | str]] = [
     ("grpc.keepalive_time_ms", 30_000),
     ("grpc.keepalive_timeout_ms", 10_000),
     ("grpc.keepalive_permit_without_calls", 0),
-    ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),  # file downloads (exports) come as one message
+    # Uploads (imports) go as one message; the services accept 64 MiB (crm_kit.grpc.server.MAX_MESSAGE_BYTES).
+    ("grpc.max_send_message_length", 64 * 1024 * 1024),
     ("grpc.enable_retries", 1),
     ("grpc.lb_policy_name", "round_robin"),
 ]

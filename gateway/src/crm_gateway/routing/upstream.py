@@ -60,6 +60,7 @@ class Upstream:
         request: Message,
         bearer_token: str,
         request_id: str = "",
+        deadline_seconds: float | None = None,
     ) -> Message:
         """Invoke `method` in the tenant's cell; raises grpc.RpcError as the service answered."""
         cell = self.directory.cell_of(tenant_id)
@@ -70,7 +71,8 @@ class Upstream:
             metadata["x-request-id"] = request_id
         call = self._callable(cell, service_key, method)
         try:
-            response: Message = call(request, timeout=self.deadline_seconds, metadata=list(metadata.items()))
+            timeout = self.deadline_seconds if deadline_seconds is None else deadline_seconds
+            response: Message = call(request, timeout=timeout, metadata=list(metadata.items()))
         except grpc.RpcError as exc:
             code = exc.code() if isinstance(exc, grpc.Call) else None
             observe_upstream(service_key, method.name, code.name if code is not None else "UNKNOWN")

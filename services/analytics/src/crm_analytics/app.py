@@ -9,6 +9,7 @@ from pathlib import Path
 from crm.analytics.v1 import analytics_pb2, analytics_pb2_grpc
 from crm_analytics import rebuild
 from crm_analytics.fold import ALL_EVENTS, CONSUMER, handle
+from crm_analytics.privacy import PERSONAL_DATA
 from crm_analytics.servicer import AnalyticsServicer
 from crm_kit.grpc.server import Servicer
 from crm_kit.runtime import Command, ServiceRuntime, ServiceSpec, Subscription
@@ -34,6 +35,8 @@ SPEC = ServiceSpec(
     migrations=Path(__file__).parent / "migrations",
     servicers=servicers,
     subscriptions=subscriptions,
+    audit=False,  # a read model: no audit log of its own
+    personal_data=PERSONAL_DATA,
     commands=[
         Command(
             "rebuild",

@@ -8,6 +8,8 @@ Rules:
   only if it is newer than the stored projection: versions order the states, and at the same version a
   deletion wins (a `deleted` event carries the version it deleted). Created, updated and any other action
   (stage_changed, won, lost, ...) upsert; deleted leaves a tombstone.
+- Events about an erased contact (`crm_kit.privacy.is_erased`) are ignored: the `analytics-privacy`
+  consumer deleted its view, and neither a late delivery nor a rebuild brings it back.
 - A tracked entity's event whose payload cannot be read raises `MalformedPayload`, so the consumer retries
   it and finally keeps it as a dead letter for an operator, rather than silently losing a change.
 
@@ -35,6 +37,7 @@ from crm_analytics.models import (
     TicketView,
 )
 from crm_kit.events.envelope import SUBJECT_PREFIX, Event, InvalidSubject, parse_type
+from crm_kit.privacy import is_erased
 
 log = logging.getLogger(__name__)
 
@@ -163,6 +166,8 @@ async def _project(session: AsyncSession, event: Event) -> Outcome:
         return Outcome.IGNORED
     try:
         id_ = _resource_id(event, resource)
+        if model is ContactView and await is_erased(session, id_):
+            return Outcome.IGNORED  # erased (crm_kit.privacy): a replay must not bring the person back
         version = _version(resource)
         deleted = action == DELETED
         row = (await session.execute(select(model).where(model.id == id_).with_for_update())).scalar_one_or_none()

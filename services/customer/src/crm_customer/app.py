@@ -5,20 +5,70 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from crm.customer.v1 import customer_pb2, customer_pb2_grpc
+from crm.customer.v1 import (
+    custom_fields_pb2,
+    custom_fields_pb2_grpc,
+    customer_pb2,
+    customer_pb2_grpc,
+    dedupe_pb2,
+    dedupe_pb2_grpc,
+    privacy_pb2,
+    privacy_pb2_grpc,
+    timeline_pb2,
+    timeline_pb2_grpc,
+    transfer_pb2,
+    transfer_pb2_grpc,
+)
+from crm_customer import timeline
+from crm_customer.custom_fields_servicer import CustomFieldServicer
+from crm_customer.dedupe_servicer import DedupeServicer
+from crm_customer.privacy import PERSONAL_DATA
+from crm_customer.privacy_servicer import PrivacyServicer
 from crm_customer.servicer import CustomerServicer
+from crm_customer.timeline_servicer import TimelineServicer
+from crm_customer.transfer.servicer import TransferServicer
 from crm_kit.grpc.server import Servicer
-from crm_kit.runtime import ServiceRuntime, ServiceSpec
+from crm_kit.runtime import ServiceRuntime, ServiceSpec, Subscription
 
 
 def servicers(rt: ServiceRuntime) -> Sequence[Servicer]:
+    customer = CustomerServicer(rt.db)
     return [
         Servicer(
             customer_pb2_grpc.add_CustomerServiceServicer_to_server,
-            CustomerServicer(rt.db),
+            customer,
             customer_pb2.DESCRIPTOR.services_by_name["CustomerService"].full_name,
-        )
+        ),
+        Servicer(
+            dedupe_pb2_grpc.add_DedupeServiceServicer_to_server,
+            DedupeServicer(rt.db, customer.contacts),
+            dedupe_pb2.DESCRIPTOR.services_by_name["DedupeService"].full_name,
+        ),
+        Servicer(
+            timeline_pb2_grpc.add_TimelineServiceServicer_to_server,
+            TimelineServicer(rt.db),
+            timeline_pb2.DESCRIPTOR.services_by_name["TimelineService"].full_name,
+        ),
+        Servicer(
+            custom_fields_pb2_grpc.add_CustomFieldServiceServicer_to_server,
+            CustomFieldServicer(rt.db),
+            custom_fields_pb2.DESCRIPTOR.services_by_name["CustomFieldService"].full_name,
+        ),
+        Servicer(
+            privacy_pb2_grpc.add_PrivacyServiceServicer_to_server,
+            PrivacyServicer(rt.db, rt.bus, rt.kit.events_stream),
+            privacy_pb2.DESCRIPTOR.services_by_name["PrivacyService"].full_name,
+        ),
+        Servicer(
+            transfer_pb2_grpc.add_TransferServiceServicer_to_server,
+            TransferServicer(rt.db),
+            transfer_pb2.DESCRIPTOR.services_by_name["TransferService"].full_name,
+        ),
     ]
+
+
+def subscriptions(rt: ServiceRuntime) -> Sequence[Subscription]:
+    return [timeline.subscription()]
 
 
 SPEC = ServiceSpec(
@@ -26,4 +76,6 @@ SPEC = ServiceSpec(
     default_grpc_port=50051,
     migrations=Path(__file__).parent / "migrations",
     servicers=servicers,
+    subscriptions=subscriptions,
+    personal_data=PERSONAL_DATA,
 )

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from sqlalchemy import JSON, String
+from typing import Any
+
+from sqlalchemy import JSON, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
+from crm_customer.names import display_name
 from crm_kit.db import Resource, make_base
 
-Base = make_base()
+Base: Any = make_base()
 
 
 class Account(Base, Resource):
@@ -16,6 +19,15 @@ class Account(Base, Resource):
     name: Mapped[str] = mapped_column(String(255), nullable=False)
     industry: Mapped[str] = mapped_column(String(100), nullable=False, default="")
     website: Mapped[str] = mapped_column(String(255), nullable=False, default="")
+    phone: Mapped[str] = mapped_column(String(32), nullable=False, default="")
+    owner_id: Mapped[str] = mapped_column(String(64), nullable=False, default="")
+    classification: Mapped[str] = mapped_column(String(16), nullable=False, default="general")
+    tags: Mapped[list[str]] = mapped_column(JSON, nullable=False, default=list)
+    address: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False, default=dict)
+    # Not stored: how many contacts belong to the account, set by crm_customer.record.count_contacts.
+    contact_count = 0
+    # The tenant's custom fields by key (crm_customer.custom_fields keeps the typed index in step).
+    custom_fields: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False, default=dict)
 
 
 class Contact(Base, Resource):
@@ -28,7 +40,30 @@ class Contact(Base, Resource):
     account_id: Mapped[str] = mapped_column(String(36), nullable=False, default="", index=True)
     owner_id: Mapped[str] = mapped_column(String(64), nullable=False, default="", index=True)
     tags: Mapped[list[str]] = mapped_column(JSON, nullable=False, default=list)
+    # The tenant's custom fields by key (crm_customer.custom_fields keeps the typed index in step).
+    custom_fields: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False, default=dict)
+    gender: Mapped[str] = mapped_column(String(16), nullable=False, default="unknown")
+    birthday: Mapped[str] = mapped_column(String(10), nullable=False, default="")
+    job_title: Mapped[str] = mapped_column(String(100), nullable=False, default="")
+    department: Mapped[str] = mapped_column(String(100), nullable=False, default="")
+    # Lists of {type, number|address|..., primary} as crm_customer.contact_points validates them.
+    phones: Mapped[list[dict[str, Any]]] = mapped_column(JSON, nullable=False, default=list)
+    emails: Mapped[list[dict[str, Any]]] = mapped_column(JSON, nullable=False, default=list)
+    addresses: Mapped[list[dict[str, Any]]] = mapped_column(JSON, nullable=False, default=list)
+    social_accounts: Mapped[list[dict[str, Any]]] = mapped_column(JSON, nullable=False, default=list)
+    preferences: Mapped[list[dict[str, Any]]] = mapped_column(JSON, nullable=False, default=list)
+    interests: Mapped[list[str]] = mapped_column(JSON, nullable=False, default=list)
+    source: Mapped[str] = mapped_column(String(50), nullable=False, default="")
+    classification: Mapped[str] = mapped_column(String(16), nullable=False, default="general")
+    lifecycle_stage: Mapped[str] = mapped_column(String(16), nullable=False, default="lead")
+    # Unique per tenant when not empty (a partial unique index).
+    external_id: Mapped[str] = mapped_column(String(100), nullable=False, default="")
+    # The full-text document (crm_customer.indexing keeps it, its FTS5 rows on SQLite and contact_tags in
+    # step on every ORM write; PostgreSQL derives search_vector from it).
+    search_text: Mapped[str] = mapped_column(Text, nullable=False, default="")
+    # SQLite only: the contact's rowid in contacts_fts (stable across VACUUM, unlike the implicit rowid).
+    search_rowid: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
     @property
     def display_name(self) -> str:
-        return " ".join(p for p in (self.first_name, self.last_name) if p)
+        return display_name(self.first_name, self.last_name)

@@ -10,12 +10,15 @@ projection, maintained from the customer service's `crm.customer.contact.created
     CONTACTS.subscription("sales-contacts")          # from ServiceSpec.subscriptions
     ContactVerifier(rt.db, CONTACTS, customer_address("sales"))  # used by the servicer on writes
 
-and creates the table in a migration with `create_contact_refs_table(op)`.
+and creates the table in a migration with `create_contact_refs_table(op)`, beside
+`crm_kit.privacy.create_privacy_tables(op)`: events about an erased contact are ignored.
 
 On a write, `ContactVerifier` accepts a contact the projection knows, rejects one it knows was deleted, and
 otherwise asks the customer service (`GetContact`, with the caller's own token): NOT_FOUND becomes an
 INVALID_ARGUMENT naming `contact_id`; an unreachable customer service is accepted, since the projection
-catches up (and fills in the name) when the customer service's events arrive.
+catches up (and fills in the name) when the customer service's events arrive. A caller who sees only the
+contacts they own (`crm_kit.access`) is always checked with the customer service, so nobody can link a
+record to a contact they cannot see.
 """
 
 from __future__ import annotations
@@ -33,12 +36,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
 from crm.customer.v1 import customer_pb2, customer_pb2_grpc
+from crm_kit.access import restricted
 from crm_kit.context import current_principal
 from crm_kit.crud import ResourceStore
 from crm_kit.db.base import TenantScoped, UtcDateTime, utcnow
 from crm_kit.db.engine import Database
 from crm_kit.errors import FailedPrecondition, InvalidArgument
 from crm_kit.events.envelope import Event, MalformedEvent, parse_type, subject_filter
+from crm_kit.privacy import is_erased
 from crm_kit.runtime import Subscription
 from crm_kit.settings import env_prefix
 from crm_kit.telemetry import inject_headers
@@ -48,6 +53,7 @@ log = logging.getLogger(__name__)
 DEFAULT_CUSTOMER_ADDR = "127.0.0.1:50051"
 CONTACT_EVENTS = subject_filter("customer", "contact")  # crm.events.*.customer.contact.>
 TABLE = "contact_refs"
+MERGED, UNMERGED = "merged", "unmerged"  # crm.customer.contact.merged|unmerged: repoint (ContactLink)
 FIELD = "contact_id"
 # Codes meaning "the customer service cannot answer now": the contact is accepted and checked later by
 # the projection. Everything else that is not an answer fails the write.
@@ -112,12 +118,31 @@ class NameCopy:
     name_attr: str = "contact_name"
 
 
+@dataclass(frozen=True)
+class ContactLink:
+    """A column referring to a contact without a copy of its name (e.g. tickets.contact_id). Links and name
+    copies are repointed on merges: `crm.customer.contact.merged` moves the duplicate's rows to the
+    survivor; `crm.customer.contact.unmerged` moves back the rows it names in `references` (the records the
+    duplicate's timeline knew) that still point at the survivor. Derived data: versions are not bumped and
+    no events are emitted."""
+
+    model: type[Any]
+    id_attr: str = "contact_id"
+
+
 class ContactProjection:
     """Maintains the `contact_refs` projection from customer contact events."""
 
-    def __init__(self, model: type[ContactRefMixin], *, copies: Sequence[NameCopy] = ()) -> None:
+    def __init__(
+        self,
+        model: type[ContactRefMixin],
+        *,
+        copies: Sequence[NameCopy] = (),
+        links: Sequence[ContactLink] = (),
+    ) -> None:
         self.model = model
         self.copies = list(copies)
+        self.links = list(links)
 
     def subscription(self, name: str) -> Subscription:
         """The durable consumer for `ServiceSpec.subscriptions`; `name` must be unique per service."""
@@ -132,6 +157,9 @@ class ContactProjection:
         Events older than what is stored (by contact version) are ignored, so redeliveries and reordering
         are harmless."""
         _, entity, action = parse_type(event.type)
+        if entity == "contact" and action in (MERGED, UNMERGED):
+            await self.repoint(session, event, action)
+            return
         if entity != "contact" or action not in ("created", "updated", "deleted"):
             return
         contact = event.data.get("contact")
@@ -140,6 +168,9 @@ class ContactProjection:
         contact_id = str(contact.get("id") or event.subject)
         if not contact_id:
             raise MalformedEvent(f"{event.type} {event.id} names no contact")
+        if await is_erased(session, contact_id):  # a replay must not bring an erased person back
+            log.debug("contact %s was erased: ignoring %s", contact_id, event.type)
+            return
         version = int(contact.get("version") or 0)
         name = display_name(str(contact.get("first_name", "")), str(contact.get("last_name", "")))[:255]
         deleted = action == "deleted"
@@ -181,6 +212,44 @@ class ContactProjection:
                     .values({copy.name_attr: name})
                     .execution_options(synchronize_session=False)
                 )
+
+    async def repoint(self, session: AsyncSession, event: Event, action: str) -> None:
+        """Move the records of a merged duplicate to the survivor (merged), or those named in the event's
+        `references` back to the duplicate (unmerged)."""
+        survivor_id = str(event.data.get("survivor_id") or "")
+        duplicate_id = str(event.data.get("duplicate_id") or "")
+        if not survivor_id or not duplicate_id:
+            raise MalformedEvent(f"{event.type} {event.id} needs survivor_id and duplicate_id")
+        merged = action == MERGED
+        from_id, to_id = (duplicate_id, survivor_id) if merged else (survivor_id, duplicate_id)
+        if await is_erased(session, to_id):
+            return
+        only: list[str] | None = None
+        if not merged:
+            refs = event.data.get("references") or []
+            only = sorted({str(r.get("id")) for r in refs if isinstance(r, dict) and r.get("id")})
+            if not only:
+                return
+        person = event.data.get("survivor" if merged else "duplicate")
+        if isinstance(person, dict):
+            name = display_name(str(person.get("first_name", "")), str(person.get("last_name", "")))[:255]
+        else:
+            ref = await self.lookup(session, to_id)
+            name = ref.display_name if ref is not None else ""
+        targets: list[tuple[Any, str, dict[str, str]]] = [
+            (c.model, c.id_attr, {c.id_attr: to_id, c.name_attr: name}) for c in self.copies
+        ]
+        targets += [(link.model, link.id_attr, {link.id_attr: to_id}) for link in self.links]
+        for model, id_attr, values in targets:
+            chunks: list[list[str] | None] = (
+                [None] if only is None else [only[i : i + 500] for i in range(0, len(only), 500)]
+            )
+            for chunk in chunks:
+                stmt = update(model).where(getattr(model, id_attr) == from_id)
+                if chunk is not None:
+                    stmt = stmt.where(model.id.in_(chunk))
+                # ORM-enabled UPDATE: the tenant guard adds tenant_id = <the event's tenant>.
+                await session.execute(stmt.values(values).execution_options(synchronize_session=False))
 
 
 class ContactVerifier:
@@ -227,11 +296,14 @@ class ContactVerifier:
         return await self._check(contact_id, ref) if contact_id else ""
 
     async def _check(self, contact_id: str, ref: ContactRefMixin | None) -> str:
-        if ref is not None:
-            if ref.deleted:
-                raise InvalidArgument.field(FIELD, f"contact {contact_id!r} does not exist")
+        if ref is not None and ref.deleted:
+            raise InvalidArgument.field(FIELD, f"contact {contact_id!r} does not exist")
+        if ref is not None and not restricted(current_principal()):
             return ref.display_name
-        return await self._ask_customer(contact_id)
+        # Unknown here, or a caller who sees only the contacts they own (crm_kit.access): the customer
+        # service decides, with the caller's token, so nobody links a record to a contact they cannot see.
+        name = await self._ask_customer(contact_id)
+        return name or (ref.display_name if ref is not None else "")
 
     async def _ask_customer(self, contact_id: str) -> str:
         principal = current_principal()

@@ -37,6 +37,7 @@ class Principal:
 _tenant: ContextVar[str | None] = ContextVar("crm_tenant_id", default=None)
 _system: ContextVar[bool] = ContextVar("crm_system_scope", default=False)
 _principal: ContextVar[Principal | None] = ContextVar("crm_principal", default=None)
+_actor: ContextVar[str | None] = ContextVar("crm_actor", default=None)
 
 
 class NoTenantError(RuntimeError):
@@ -69,6 +70,21 @@ def tenant_scope(tenant_id: str, principal: Principal | None = None) -> Iterator
     finally:
         _principal.reset(p)
         _tenant.reset(t)
+
+
+def current_actor() -> str | None:
+    """Who acts when no principal does: e.g. "system:<consumer>" inside an event consumer (the audit log's
+    actor for changes made by machinery rather than by a caller)."""
+    return _actor.get()
+
+
+@contextmanager
+def acting_as(actor: str) -> Iterator[None]:
+    token = _actor.set(actor)
+    try:
+        yield
+    finally:
+        _actor.reset(token)
 
 
 def in_system_scope() -> bool:

@@ -16,6 +16,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from crm_kit.audit_service import audit_servicer
 from crm_kit.auth import JwksVerifier
 from crm_kit.db import Database
 from crm_kit.db.migrations import upgrade
@@ -27,6 +28,7 @@ from crm_kit.events.stream import ensure_stream
 from crm_kit.grpc.interceptors import TokenVerifier
 from crm_kit.grpc.server import GrpcServer, Servicer
 from crm_kit.logging import configure_logging
+from crm_kit.privacy import ERASED_EVENTS, PersonalData
 from crm_kit.settings import KitSettings, ServiceSettings, load, service_settings
 from crm_kit.telemetry import configure_tracing, shutdown_tracing
 
@@ -62,6 +64,12 @@ class ServiceSpec:
     servicers: Callable[[ServiceRuntime], Sequence[Servicer]]
     subscriptions: Callable[[ServiceRuntime], Sequence[Subscription]] = field(default=lambda rt: ())
     commands: Sequence[Command] = ()
+    # Serve crm.common.v1.AuditService over the service's audit_log (crm_kit.audit); a service whose
+    # database has no audit log (analytics, a read model) sets this to False.
+    audit: bool = True
+    # What the service holds about a person (crm_kit.privacy): serves crm.common.v1.PersonalDataService and
+    # runs the "<name>-privacy" consumer erasing a contact on crm.customer.contact.erased.
+    personal_data: PersonalData | None = None
 
 
 class ServiceRuntime:
@@ -96,7 +104,7 @@ class ServiceRuntime:
         await ensure_stream(self.bus.js, self.kit.events_stream, update_existing=False)
         self.relay = OutboxRelay(self.db, self.bus)
         self._tasks.append(asyncio.create_task(self.relay.run(self._stop), name=f"{self.spec.name}-relay"))
-        for sub in self.spec.subscriptions(self):
+        for sub in [*self.spec.subscriptions(self), *self._privacy_subscriptions()]:
             consumer = EventConsumer(
                 self.db,
                 self.bus,
@@ -109,7 +117,11 @@ class ServiceRuntime:
             self._tasks.append(asyncio.create_task(consumer.run(self._stop), name=sub.name))
         self.grpc = GrpcServer(
             service=self.spec.name,
-            servicers=self.spec.servicers(self),
+            servicers=[
+                *self.spec.servicers(self),
+                *([audit_servicer(self.db)] if self.spec.audit else []),
+                *([self.spec.personal_data.servicer(self.db)] if self.spec.personal_data is not None else []),
+            ],
             verifier=self.verifier,
             host=self.settings.grpc_host,
             port=self.settings.grpc_port,
@@ -119,6 +131,15 @@ class ServiceRuntime:
             from prometheus_client import start_http_server
 
             start_http_server(self.settings.metrics_port)
+
+    def _privacy_subscriptions(self) -> list[Subscription]:
+        personal_data = self.spec.personal_data
+        if personal_data is None:
+            return []
+        if personal_data.audit_log != self.spec.audit:
+            raise ValueError(f"{self.spec.name}: personal_data.audit_log must match ServiceSpec.audit")
+        handler = personal_data.erasure_handler(self.bus, self.kit.events_stream)
+        return [Subscription(name=f"{self.spec.name}-privacy", subjects=[ERASED_EVENTS], handler=handler)]
 
     async def stop(self) -> None:
         """Stop taking calls, finish in-flight ones, then stop relay and consumers and close connections."""

@@ -8,6 +8,7 @@ from pathlib import Path
 from crm.marketing.v1 import marketing_pb2, marketing_pb2_grpc
 from crm_kit.grpc.server import Servicer
 from crm_kit.runtime import ServiceRuntime, ServiceSpec
+from crm_marketing.privacy import PERSONAL_DATA
 from crm_marketing.servicer import MarketingServicer
 
 
@@ -26,4 +27,5 @@ SPEC = ServiceSpec(
     default_grpc_port=50053,
     migrations=Path(__file__).parent / "migrations",
     servicers=servicers,
+    personal_data=PERSONAL_DATA,
 )

@@ -10,6 +10,7 @@ from crm_kit.contacts import ContactProjection, ContactVerifier, NameCopy, custo
 from crm_kit.grpc.server import Servicer
 from crm_kit.runtime import ServiceRuntime, ServiceSpec, Subscription
 from crm_sales.models import ContactRef, Opportunity
+from crm_sales.privacy import PERSONAL_DATA
 from crm_sales.servicer import SalesServicer
 
 CONTACTS = ContactProjection(ContactRef, copies=[NameCopy(Opportunity, "contact_id", "contact_name")])
@@ -36,4 +37,5 @@ SPEC = ServiceSpec(
     migrations=Path(__file__).parent / "migrations",
     servicers=servicers,
     subscriptions=subscriptions,
+    personal_data=PERSONAL_DATA,
 )

@@ -26,8 +26,9 @@ class SalesServicer(sales_pb2_grpc.SalesServiceServicer):
     def __init__(self, db: Database, contacts: ContactVerifier) -> None:
         self.db = db
         self.contacts = contacts
+        # Members see and change only the opportunities they own (crm_kit.access).
         self.opportunities = ResourceStore(
-            Opportunity, context="sales", entity="opportunity", to_message=opportunity_message
+            Opportunity, context="sales", entity="opportunity", to_message=opportunity_message, owner_field="owner_id"
         )
 
     @staticmethod

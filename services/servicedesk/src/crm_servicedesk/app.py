@@ -6,13 +6,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from crm.servicedesk.v1 import servicedesk_pb2, servicedesk_pb2_grpc
-from crm_kit.contacts import ContactProjection, ContactVerifier, customer_address
+from crm_kit.contacts import ContactLink, ContactProjection, ContactVerifier, customer_address
 from crm_kit.grpc.server import Servicer
 from crm_kit.runtime import ServiceRuntime, ServiceSpec, Subscription
-from crm_servicedesk.models import ContactRef
+from crm_servicedesk.models import ContactRef, Ticket
+from crm_servicedesk.privacy import PERSONAL_DATA
 from crm_servicedesk.servicer import ServicedeskServicer
 
-CONTACTS = ContactProjection(ContactRef)
+CONTACTS = ContactProjection(ContactRef, links=[ContactLink(Ticket)])  # merges repoint tickets
 
 
 def servicers(rt: ServiceRuntime) -> Sequence[Servicer]:
@@ -36,4 +37,5 @@ SPEC = ServiceSpec(
     migrations=Path(__file__).parent / "migrations",
     servicers=servicers,
     subscriptions=subscriptions,
+    personal_data=PERSONAL_DATA,
 )

@@ -15,6 +15,10 @@ from sqlalchemy.engine import Connection
 from crm_kit.db.engine import async_url, create_engine
 
 RLS_POLICY = "tenant_isolation"
+# Tables the application role may read and append to, never change: grant_app_role re-revokes UPDATE and
+# DELETE on them after its blanket grant.
+APPEND_ONLY_TABLES = ("audit_log",)
+AUDIT_REDACT_SIGNATURE = "audit_log_redact(text, text, text[])"
 
 
 def alembic_config(migrations_dir: Path, url: str, app_role: str = "") -> Config:
@@ -67,6 +71,14 @@ def grant_app_role(connection: Connection, role: str) -> None:
         sa.text(f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {quoted}")
     )
     connection.execute(sa.text(f"GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO {quoted}"))
+    for table in APPEND_ONLY_TABLES:
+        if connection.execute(sa.text("SELECT to_regclass(:t)"), {"t": f"public.{table}"}).scalar() is not None:
+            connection.execute(sa.text(f'REVOKE UPDATE, DELETE, TRUNCATE ON "{table}" FROM {quoted}'))
+    redact = connection.execute(
+        sa.text("SELECT to_regprocedure(:f)"), {"f": f"public.{AUDIT_REDACT_SIGNATURE}"}
+    ).scalar()
+    if redact is not None:
+        connection.execute(sa.text(f"GRANT EXECUTE ON FUNCTION public.{AUDIT_REDACT_SIGNATURE} TO {quoted}"))
 
 
 def resource_columns() -> list[sa.Column[object]]:
@@ -140,3 +152,103 @@ def enable_tenant_rls(op: Operations, table: str, *, system_access: bool = False
     op.execute(f'ALTER TABLE "{table}" ENABLE ROW LEVEL SECURITY')
     op.execute(f'ALTER TABLE "{table}" FORCE ROW LEVEL SECURITY')
     op.execute(f'CREATE POLICY {RLS_POLICY} ON "{table}" USING ({condition}) WITH CHECK ({condition})')
+
+
+def create_audit_table(op: Operations) -> None:
+    """Create the append-only `audit_log` (see `crm_kit.audit`) with row-level security, as of kit audit
+    schema 1 (call from one revision per service). Written out, not taken from the model, so that old
+    revisions never change meaning.
+
+    Append-only: on PostgreSQL nobody but the owner may UPDATE, DELETE or TRUNCATE it (the application role
+    gets SELECT and INSERT; `grant_app_role` keeps it so), and the one change allowed, blanking personal
+    data for erasure, goes through the SECURITY DEFINER function `audit_log_redact`, which can do nothing
+    else. On SQLite, triggers refuse deletes and updates of anything but `before`/`after`.
+    """
+    ts = sa.DateTime(timezone=True)
+    op.create_table(
+        "audit_log",
+        sa.Column("id", sa.String(36), primary_key=True),
+        sa.Column("tenant_id", sa.String(64), nullable=False, index=True),
+        sa.Column("time", ts, nullable=False),
+        sa.Column("actor", sa.String(128), nullable=False),
+        sa.Column("actor_roles", sa.JSON, nullable=False),
+        sa.Column("action", sa.String(32), nullable=False),
+        sa.Column("entity", sa.String(64), nullable=False),
+        sa.Column("entity_id", sa.String(64), nullable=False),
+        sa.Column("before", sa.JSON, nullable=True),
+        sa.Column("after", sa.JSON, nullable=True),
+        sa.Column("trace_id", sa.String(32), nullable=False),
+    )
+    op.create_index(
+        "ix_audit_log_tenant_id_entity_entity_id_id", "audit_log", ["tenant_id", "entity", "entity_id", "id"]
+    )
+    op.create_index("ix_audit_log_tenant_id_actor_id", "audit_log", ["tenant_id", "actor", "id"])
+    op.create_index("ix_audit_log_tenant_id_time", "audit_log", ["tenant_id", "time"])
+    enable_tenant_rls(op, "audit_log")
+    if op.get_bind().dialect.name == "postgresql":
+        _audit_postgres(op)
+    else:
+        _audit_sqlite(op)
+
+
+_REDACT_JSON = """CASE WHEN {col} IS NULL OR json_typeof({col}) <> 'object' THEN {col} ELSE (
+        SELECT COALESCE(json_object_agg(e.key, CASE WHEN p_fields IS NULL OR e.key = ANY(p_fields)
+                                                    THEN to_json('[erased]'::text) ELSE e.value END),
+                        '{{}}'::json)
+        FROM json_each({col}) AS e) END"""
+
+
+def _audit_postgres(op: Operations) -> None:
+    op.execute('REVOKE UPDATE, DELETE, TRUNCATE ON "audit_log" FROM PUBLIC')
+    app_role = _configured_app_role()
+    if app_role:
+        exists = op.get_bind().execute(
+            sa.text("SELECT 1 FROM pg_roles WHERE rolname = :r"), {"r": app_role}
+        ).scalar()
+        if exists:
+            quoted = op.get_bind().dialect.identifier_preparer.quote(app_role)
+            op.execute(f'REVOKE UPDATE, DELETE, TRUNCATE ON "audit_log" FROM {quoted}')
+    op.execute(
+        f"""
+        CREATE FUNCTION audit_log_redact(p_entity text, p_entity_id text, p_fields text[])
+        RETURNS integer LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public AS $$
+        DECLARE
+            touched integer;
+        BEGIN
+            UPDATE audit_log
+               SET before = {_REDACT_JSON.format(col="audit_log.before")},
+                   after = {_REDACT_JSON.format(col="audit_log.after")}
+             WHERE tenant_id = current_setting('app.tenant_id', true)
+               AND entity = p_entity AND entity_id = p_entity_id;
+            GET DIAGNOSTICS touched = ROW_COUNT;
+            RETURN touched;
+        END
+        $$
+        """
+    )
+    op.execute(f"REVOKE ALL ON FUNCTION {AUDIT_REDACT_SIGNATURE} FROM PUBLIC")
+
+
+def _configured_app_role() -> str:
+    """The app role `upgrade` was given; "" outside an Alembic environment (a test building a schema by
+    hand calls `grant_app_role` itself)."""
+    try:
+        return str(context.config.attributes.get("app_role", "") or "")
+    except (AttributeError, NameError):  # alembic.context has no config outside env.py
+        return ""
+
+
+def _audit_sqlite(op: Operations) -> None:
+    refuse = "BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END"
+    op.execute(f"CREATE TRIGGER audit_log_no_delete BEFORE DELETE ON audit_log {refuse}")
+    op.execute(
+        "CREATE TRIGGER audit_log_no_update BEFORE UPDATE OF "
+        f"id, tenant_id, time, actor, actor_roles, action, entity, entity_id, trace_id ON audit_log {refuse}"
+    )
+
+
+def drop_audit_table(op: Operations) -> None:
+    """The downgrade of `create_audit_table`."""
+    if op.get_bind().dialect.name == "postgresql":
+        op.execute(f"DROP FUNCTION IF EXISTS {AUDIT_REDACT_SIGNATURE}")
+    op.drop_table("audit_log")

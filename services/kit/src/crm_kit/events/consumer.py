@@ -29,7 +29,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from crm_kit.context import system_scope, tenant_scope
+from crm_kit.context import acting_as, system_scope, tenant_scope
 from crm_kit.db.base import utcnow
 from crm_kit.db.engine import Database
 from crm_kit.db.ids import uuid7
@@ -253,7 +253,8 @@ class EventConsumer:
         keep_alive = asyncio.create_task(self._keep_alive(msg))
         handler_ran = False
         try:
-            with tenant_scope(event.tenant_id):
+            # The audit log records changes made here as done by "system:<consumer>".
+            with tenant_scope(event.tenant_id), acting_as(f"system:{self.name}"):
                 try:
                     async with self.db.transaction() as session:
                         if await session.get(InboxEntry, key) is not None:

@@ -14,6 +14,7 @@ from grpc_reflection.v1alpha import reflection
 from crm_kit.grpc.interceptors import AuthInterceptor, ErrorInterceptor, TokenVerifier, TracingInterceptor
 
 log = logging.getLogger("crm_kit.grpc")
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -33,7 +34,10 @@ class GrpcServer:
         self.server = grpc.aio.server(
             interceptors=[TracingInterceptor(service), ErrorInterceptor(), AuthInterceptor(verifier)],
             options=[
-                ("grpc.max_receive_message_length", 4 * 1024 * 1024),
+                # Imports arrive as one message (the gateway's upload limit is 50 MiB by default); the gateway's
+                # channels accept replies (exports) of the same size: crm_gateway.routing.cells.
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.so_reuseport", 0),
                 # Clients reconnect (and re-resolve) every few minutes, so new pods get traffic after a
                 # scale-up; in-flight calls get a grace period.

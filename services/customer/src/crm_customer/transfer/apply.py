@@ -1,0 +1,217 @@
+"""Applying planned rows inside the caller's transaction, with everything a single write leaves behind:
+the `crm.customer.contact.created/updated` outbox events, audit entries, the history of owner,
+classification and stage, the custom-field index and the search structures.
+
+Creates go in multi-row INSERTs (`crm_customer.bulk.insert_contacts`, which keeps the search document,
+FTS rows and contact_tags), and so do their events, audit entries, history rows and custom-field index
+rows. Updates go through the ORM, so the mapper events keep the search document, tags and custom-field
+index true, exactly as UpdateContact does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import event as sa_event
+from sqlalchemy import insert, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from crm_customer import bulk, custom_fields, history
+from crm_customer.custom_fields import Catalog, CustomFieldValue
+from crm_customer.history import ContactFieldChange
+from crm_customer.models import Contact
+from crm_customer.names import display_name
+from crm_customer.servicer import contact_message
+from crm_customer.transfer.rows import Plan
+from crm_kit import audit
+from crm_kit.context import current_principal, require_tenant
+from crm_kit.db.base import utcnow
+from crm_kit.db.ids import uuid7
+from crm_kit.db.system_tables import PENDING, OutboxMessage
+from crm_kit.events import outbox
+from crm_kit.events.envelope import Event
+from crm_kit.protos import to_dict
+
+SOURCE = "crm.customer"
+CREATED = "crm.customer.contact.created"
+UPDATED = "crm.customer.contact.updated"
+
+
+def _table(model: Any) -> Any:
+    return model.__table__
+
+
+class _Row:
+    """A contact's column values as attributes: what contact_message reads, without an ORM instance (a
+    row inserted by a bulk statement has none)."""
+
+    def __init__(self, values: dict[str, Any]) -> None:
+        self.__dict__.update(values)
+
+    @property
+    def display_name(self) -> str:
+        return display_name(self.__dict__["first_name"], self.__dict__["last_name"])
+
+
+class Writes:
+    """The outbox, audit and history rows of one batch, inserted together at the end."""
+
+    def __init__(self) -> None:
+        self.tenant = require_tenant()
+        principal = current_principal()
+        self.actor = history.actor()
+        self.roles = list(principal.roles) if principal is not None else []
+        self.trace_id = audit.current_trace_id()
+        self.traceparent = outbox.current_traceparent()
+        self.events: list[dict[str, Any]] = []
+        self.audits: list[dict[str, Any]] = []
+        self.changes: list[dict[str, Any]] = []
+
+    def event(self, type_: str, row: Contact, data: dict[str, Any]) -> None:
+        now = utcnow()
+        evt = Event(
+            id=uuid7(),
+            source=SOURCE,
+            type=type_,
+            subject=row.id,
+            time=now,
+            tenant_id=self.tenant,
+            data=data,
+            traceparent=self.traceparent,
+        )
+        self.events.append(
+            {
+                "id": evt.id,
+                "tenant_id": self.tenant,
+                "subject": evt.nats_subject,
+                "type": type_,
+                "payload": evt.to_json().decode("utf-8"),
+                "traceparent": self.traceparent,
+                "status": PENDING,
+                "attempts": 0,
+                "next_attempt_at": now,
+                "created_at": now,
+                "sent_at": None,
+                "last_error": "",
+            }
+        )
+
+    def audit(self, action: str, row: Contact, before: Any, after: Any, *, plain: bool = False) -> None:
+        """`plain`: `after` is JSON already (a message as a dict)."""
+        self.audits.append(
+            {
+                "id": uuid7(),
+                "tenant_id": self.tenant,
+                "time": utcnow(),
+                "actor": self.actor,
+                "actor_roles": self.roles,
+                "action": action,
+                "entity": "contact",
+                "entity_id": row.id,
+                "before": audit.jsonable(before) if before is not None else None,
+                "after": after if plain or after is None else audit.jsonable(after),
+                "trace_id": self.trace_id,
+            }
+        )
+
+    def history(self, row: Contact, before: dict[str, Any], *, created: bool) -> None:
+        now = utcnow()
+        for name in history.TRACKED:
+            if created:
+                old, new = "", str(getattr(row, name))
+                if not new:
+                    continue
+            elif name in before:
+                old, new = str(before[name] or ""), str(getattr(row, name))
+            else:
+                continue
+
+            self.changes.append(
+                {
+                    "id": uuid7(),
+                    "tenant_id": self.tenant,
+                    "contact_id": row.id,
+                    "field": name,
+                    "old_value": old[:255],
+                    "new_value": new[:255],
+                    "actor": self.actor,
+                    "change_time": now,
+                }
+            )
+
+    async def flush(self, session: AsyncSession) -> None:
+        if self.events:
+            await session.execute(insert(_table(OutboxMessage)), self.events)
+            sync = session.sync_session
+            if not sa_event.contains(sync, "after_commit", outbox._after_commit):
+                sa_event.listen(sync, "after_commit", outbox._after_commit)
+        if self.audits:
+            await session.execute(insert(_table(audit.AuditEntry)), self.audits)
+        if self.changes:
+            await session.execute(insert(_table(ContactFieldChange)), self.changes)
+        self.events, self.audits, self.changes = [], [], []
+
+
+async def create(session: AsyncSession, plans: Sequence[Plan], catalog: Catalog, writes: Writes) -> int:
+    """Insert the contacts of `plans` (all creates) in one statement per table."""
+    if not plans:
+        return 0
+    now = utcnow()
+    values = [{**p.values, "id": uuid7(), "create_time": now, "update_time": now} for p in plans]
+    await bulk.insert_contacts(session, values)
+    types = {key: d.type for key, d in catalog.by_key.items()}
+    index: list[dict[str, Any]] = []
+    for row_values in values:
+        row: Any = _Row({**bulk.DEFAULTS, **row_values, "tenant_id": writes.tenant, "version": 1})
+        record = to_dict(contact_message(row))
+        writes.event(CREATED, row, {"contact": record})
+        writes.audit(audit.CREATE, row, None, record, plain=True)
+        writes.history(row, {}, created=True)
+        if row.custom_fields:
+            index += custom_fields.index_rows(writes.tenant, custom_fields.CONTACT, row.id, row.custom_fields, types)
+    if index:
+        await session.execute(insert(_table(CustomFieldValue)), index)
+    await writes.flush(session)
+    return len(values)
+
+
+async def fresh_rows(session: AsyncSession, ids: Sequence[str]) -> dict[str, Contact]:
+    """The contacts to update, locked for this transaction (PostgreSQL)."""
+    rows: dict[str, Contact] = {}
+    for start in range(0, len(ids), 500):
+        stmt = select(Contact).where(Contact.id.in_(ids[start : start + 500])).with_for_update()
+        stmt = stmt.execution_options(populate_existing=True)
+        rows.update({r.id: r for r in (await session.execute(stmt)).scalars()})
+    return rows
+
+
+async def versions(session: AsyncSession, ids: Sequence[str]) -> dict[str, int]:
+    """The current versions of contacts a batch leaves unchanged (one narrow query per 500)."""
+    out: dict[str, int] = {}
+    for start in range(0, len(ids), 500):
+        stmt = select(Contact.id, Contact.version).where(Contact.id.in_(ids[start : start + 500]))
+        out.update({str(i): int(v) for i, v in (await session.execute(stmt)).all()})
+    return out
+
+
+async def update(session: AsyncSession, plans: Sequence[Plan], writes: Writes) -> None:
+    """Apply updates planned against the rows in `plans` (`plan.target` is the row of this session)."""
+    if not plans:
+        return
+    now = utcnow()
+    for p in plans:
+        row = p.target
+        assert row is not None
+        for key, value in p.values.items():
+            setattr(row, key, value)
+        row.version += 1
+        row.update_time = now
+    await session.flush()
+    for p in plans:
+        row = p.target
+        assert row is not None
+        writes.event(UPDATED, row, {"contact": to_dict(contact_message(row)), "changed": sorted(p.before)})
+        writes.audit(audit.UPDATE, row, p.before, {k: getattr(row, k) for k in p.before})
+        writes.history(row, p.before, created=False)
+    await writes.flush(session)

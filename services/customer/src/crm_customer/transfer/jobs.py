@@ -1,0 +1,334 @@
+"""Import jobs: the table, and the run in two phases.
+
+1. Validate: read the file, resolve the columns, then plan every row (rows.plan) in chunks, reading the
+   contacts it matches; problems are stored as they are found. A dry run stops here.
+2. Apply: the planned creates and updates, in batches of BATCH rows, each batch one transaction with its
+   outbox events. Each update target is read again in that transaction (locked on PostgreSQL); a contact
+   changed by someone else between the phases (another version) is reported, not overwritten blindly. Should a batch
+   still fail on a constraint (a concurrent write took an external_id), its rows are applied one by one,
+   each in its own transaction, and the ones that fail are reported: a row is never half-applied.
+
+The job row is updated after every chunk (status, counts, progress), so GetImportJob shows progress from
+any replica. The run itself is an asyncio task of the replica that accepted the upload.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Boolean, Integer, String, Text, func, insert, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Mapped, mapped_column
+
+from crm.customer.v1 import transfer_pb2
+from crm_customer import settings
+from crm_customer.custom_fields import CONTACT, Catalog
+from crm_customer.models import Base
+from crm_customer.transfer import apply, columns, reader, rows
+from crm_customer.transfer.rows import CREATE, UNCHANGED, UPDATE, Context, Plan, Problem
+from crm_kit.context import current_principal
+from crm_kit.db import Database, Resource, TenantScoped
+from crm_kit.db.base import UtcDateTime, utcnow
+from crm_kit.errors import CrmError
+
+log = logging.getLogger("crm_customer.transfer")
+
+QUEUED, RUNNING, SUCCEEDED, FAILED, WITH_ERRORS = "queued", "running", "succeeded", "failed", "completed_with_errors"
+CHUNK = 1000  # rows planned per read transaction
+BATCH = 1000  # rows applied per write transaction
+FIRST_PROBLEMS = 100
+
+
+class ImportJob(Base, Resource):
+    __tablename__ = "import_jobs"
+
+    status: Mapped[str] = mapped_column(String(32), nullable=False, default=QUEUED)
+    dry_run: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+    match_email: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+    format: Mapped[str] = mapped_column(String(8), nullable=False, default="")
+    filename: Mapped[str] = mapped_column(String(255), nullable=False, default="")
+    total_rows: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    processed_rows: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    created: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    updated: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    unchanged: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    failed: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    progress_percent: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    problem_count: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    error: Mapped[str] = mapped_column(Text, nullable=False, default="")
+    actor: Mapped[str] = mapped_column(String(128), nullable=False, default="")
+    finish_time: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+
+
+class ImportProblem(Base, TenantScoped):
+    __tablename__ = "import_problems"
+
+    tenant_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    job_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    row: Mapped[int] = mapped_column(Integer, nullable=False)
+    column: Mapped[str] = mapped_column(String(255), nullable=False, default="")
+    field: Mapped[str] = mapped_column(String(255), nullable=False, default="")
+    value: Mapped[str] = mapped_column(String(255), nullable=False, default="")
+    problem: Mapped[str] = mapped_column(Text, nullable=False, default="")
+
+
+def problem_message(p: ImportProblem) -> transfer_pb2.ImportProblem:
+    return transfer_pb2.ImportProblem(row=p.row, column=p.column, field=p.field, value=p.value, problem=p.problem)
+
+
+def job_message(job: ImportJob, problems: Sequence[ImportProblem] = ()) -> transfer_pb2.ImportJob:
+    msg = transfer_pb2.ImportJob(
+        id=job.id,
+        status=job.status,
+        dry_run=job.dry_run,
+        format=job.format,
+        filename=job.filename,
+        total_rows=job.total_rows,
+        processed_rows=job.processed_rows,
+        created=job.created,
+        updated=job.updated,
+        unchanged=job.unchanged,
+        failed=job.failed,
+        progress_percent=job.progress_percent,
+        problem_count=job.problem_count,
+        problems=[problem_message(p) for p in problems],
+        error=job.error,
+        match_email=job.match_email,
+    )
+    msg.create_time.FromDatetime(job.create_time)
+    msg.update_time.FromDatetime(job.update_time)
+    if job.finish_time is not None:
+        msg.finish_time.FromDatetime(job.finish_time)
+    return msg
+
+
+async def first_problems(session: AsyncSession, job_id: str, limit: int = FIRST_PROBLEMS) -> list[ImportProblem]:
+    stmt = select(ImportProblem).where(ImportProblem.job_id == job_id).order_by(ImportProblem.seq).limit(limit)
+    return list((await session.execute(stmt)).scalars())
+
+
+class Run:
+    """One job's run; every method runs in the tenant and principal context of the StartImport call."""
+
+    def __init__(
+        self,
+        db: Database,
+        job_id: str,
+        content: bytes,
+        fmt: str,
+        mapping: dict[str, str],
+        dry_run: bool,
+        match_email: bool,
+    ) -> None:
+        self.db = db
+        self.job_id = job_id
+        self.content = content
+        self.fmt = fmt
+        self.mapping = mapping
+        self.dry_run = dry_run
+        self.match_email = match_email
+        self.counts = {"created": 0, "updated": 0, "unchanged": 0, "failed": 0}
+        self.total = 0
+        self.problem_seq = 0
+        self.pending_problems: list[Problem] = []
+
+    # --- the job row -----------------------------------------------------------------------------------
+
+    async def _save(self, session: AsyncSession, **values: Any) -> None:
+        if self.pending_problems:
+            rows_ = []
+            for p in self.pending_problems:
+                self.problem_seq += 1
+                rows_.append(
+                    {
+                        "tenant_id": current_tenant_id(),
+                        "job_id": self.job_id,
+                        "seq": self.problem_seq,
+                        "row": p.row,
+                        "column": p.column[:255],
+                        "field": p.field[:255],
+                        "value": p.value[:255],
+                        "problem": p.problem,
+                    }
+                )
+            await session.execute(insert(ImportProblem.__table__), rows_)
+            self.pending_problems = []
+        await session.execute(
+            update(ImportJob)
+            .where(ImportJob.id == self.job_id)
+            .values(**self.counts, problem_count=self.problem_seq, update_time=utcnow(), **values)
+            .execution_options(synchronize_session=False)
+        )
+
+    async def progress(self, processed: int, percent: int, **values: Any) -> None:
+        async with self.db.transaction() as session:
+            await self._save(session, processed_rows=processed, progress_percent=percent, **values)
+
+    async def finish(self, status: str, error: str = "") -> None:
+        async with self.db.transaction() as session:
+            await self._save(session, status=status, error=error, progress_percent=100, finish_time=utcnow())
+
+    # --- the run ---------------------------------------------------------------------------------------
+
+    async def __call__(self) -> None:
+        try:
+            await self._run()
+        except asyncio.CancelledError:
+            await asyncio.shield(self.finish(FAILED, "the service stopped during the import; run it again"))
+            raise
+        except Exception as exc:  # the job records the failure; the caller polls it
+            log.exception("import job failed", extra={"job_id": self.job_id})
+            message = exc.message if isinstance(exc, CrmError) else f"internal error: {type(exc).__name__}"
+            try:
+                await self.finish(FAILED, message)
+            except Exception:
+                log.exception("cannot record the failure of import job", extra={"job_id": self.job_id})
+
+    async def _run(self) -> None:
+        await self.progress(0, 0, status=RUNNING)
+        try:
+            table = await asyncio.to_thread(reader.read, self.fmt, self.content)
+        except reader.UnreadableFile as exc:
+            self.pending_problems.append(Problem(0, "", "content", "", str(exc)))
+            await self.finish(FAILED, str(exc))
+            return
+        self.content = b""
+        self.total = len(table.rows)
+        async with self.db.transaction() as session:
+            cfg = await settings.get_settings(session)
+            catalog = await Catalog.load(session, CONTACT)
+            await self._save(session, total_rows=self.total)
+        cols, header_problems = columns.resolve(table.header, self.mapping, catalog.by_key)
+        if header_problems:
+            self.pending_problems += [Problem(1, h.column, h.field, h.column, h.problem) for h in header_problems]
+            await self.finish(FAILED, "the header has problems; nothing was imported")
+            return
+        if not any(c.field not in (columns.ID,) for c in cols):
+            self.pending_problems.append(Problem(1, "", "", "", "no column holds a contact field"))
+            await self.finish(FAILED, "no column holds a contact field; nothing was imported")
+            return
+        inputs = rows.inputs(cols, table.rows)
+        del table
+        ctx = Context(cfg, catalog, current_principal(), self.match_email)
+        plans = await self._validate(inputs, ctx)
+        if not self.dry_run:
+            await self._apply(plans, ctx)
+        await self.finish(WITH_ERRORS if self.counts["failed"] else SUCCEEDED)
+
+    def _percent(self, done: int, phase: int) -> int:
+        if not self.total:
+            return 100
+        share = done / self.total
+        if self.dry_run:
+            return min(99, int(share * 100))
+        return min(99, int(share * 50) + (50 if phase == 2 else 0))
+
+    async def _validate(self, inputs: list[rows.RowInput], ctx: Context) -> list[Plan]:
+        duplicate = rows.duplicates(inputs)
+        plans: list[Plan] = []
+        for start in range(0, len(inputs), CHUNK):
+            chunk = inputs[start : start + CHUNK]
+            async with self.db.transaction() as session:
+                await rows.load(session, ctx, chunk)
+            for inp in chunk:
+                found = duplicate.get(inp.number) or rows.plan(inp, ctx)
+                if isinstance(found, Plan):
+                    plans.append(found)
+                    self._count(found.action)
+                else:
+                    self.pending_problems += found
+                    self.counts["failed"] += 1
+            await self.progress(start + len(chunk), self._percent(start + len(chunk), 1))
+            await asyncio.sleep(0)
+        return plans
+
+    def _count(self, action: str, n: int = 1) -> None:
+        key = {CREATE: "created", UPDATE: "updated", UNCHANGED: "unchanged"}[action]
+        self.counts[key] += n
+
+    async def _apply(self, plans: list[Plan], ctx: Context) -> None:
+        """Counts from phase 1 are the plan; phase 2 recounts what actually happened."""
+        self.counts.update(created=0, updated=0, unchanged=0)
+        done = self.counts["failed"]
+        batch: list[Plan] = []
+        for p in plans:
+            batch.append(p)
+            if len(batch) >= BATCH:
+                done += await self._apply_batch(batch, ctx)
+                batch = []
+                await self.progress(done, self._percent(done, 2))
+        if batch:
+            done += await self._apply_batch(batch, ctx)
+            await self.progress(done, self._percent(done, 2))
+
+    async def _apply_batch(self, batch: list[Plan], ctx: Context) -> int:
+        try:
+            async with self.db.transaction() as session:
+                counts, problems = await self._write(session, batch, ctx)
+        except IntegrityError:
+            counts, problems = {}, []
+            for p in batch:
+                try:
+                    async with self.db.transaction() as session:
+                        one, found = await self._write(session, [p], ctx)
+                except IntegrityError:
+                    one, found = {}, [Problem(p.number, "", "external_id", "", "is already used by another contact")]
+                for k, n in one.items():
+                    counts[k] = counts.get(k, 0) + n
+                problems += found
+        for action, n in counts.items():
+            self._count(action, n)
+        self.pending_problems += problems
+        self.counts["failed"] += len({p.row for p in problems})
+        await asyncio.sleep(0)
+        return len(batch)
+
+    async def _write(
+        self, session: AsyncSession, batch: list[Plan], ctx: Context
+    ) -> tuple[dict[str, int], list[Problem]]:
+        """Write one batch; updates are re-planned against the rows read (and locked) here."""
+        writes = apply.Writes()
+        creates = [p for p in batch if p.action == CREATE]
+        updates = [p for p in batch if p.action != CREATE]
+        fresh = await apply.fresh_rows(session, [p.target.id for p in updates if p.action == UPDATE and p.target])
+        versions = await apply.versions(session, [p.target.id for p in updates if p.action == UNCHANGED and p.target])
+        problems: list[Problem] = []
+        to_update: list[Plan] = []
+        counts = {CREATE: 0, UPDATE: 0, UNCHANGED: 0}
+        for p in updates:
+            assert p.target is not None
+            row = fresh.get(p.target.id)
+            version = row.version if row is not None else versions.get(p.target.id)
+            if version is None:
+                problems.append(Problem(p.number, "", "id", p.target.id, "the contact was deleted during the import"))
+                continue
+            if version == p.target.version:
+                if row is not None:
+                    p.target = row
+                    to_update.append(p)
+                else:
+                    counts[UNCHANGED] += 1
+                continue
+            problems.append(
+                Problem(p.number, "", "version", str(version), "the contact changed during the import; run it again")
+            )
+        counts[CREATE] = await apply.create(session, creates, ctx.catalog, writes)
+        await apply.update(session, to_update, writes)
+        counts[UPDATE] = len(to_update)
+        return {k: n for k, n in counts.items() if n}, problems
+
+
+def current_tenant_id() -> str:
+    from crm_kit.context import require_tenant
+
+    return require_tenant()
+
+
+async def count_problems(session: AsyncSession, job_id: str) -> int:
+    return int(await session.scalar(select(func.count()).where(ImportProblem.job_id == job_id)) or 0)
