@@ -6,7 +6,7 @@ For each backend (SQLite always; PostgreSQL when CRM_TEST_POSTGRES_URL is set):
      the same tables and indexes, and isolation costs what it costs), with 2,000 + 400 accounts, through
      `crm_customer.bulk.insert_contacts`: the stored shape and search maintenance of the service's own
      writes (document, FTS5 rows via triggers / generated tsvector, contact_tags), in batches of 2,000,
-     then ANALYZE (what any bulk import should end with);
+     then ANALYZE (PostgreSQL: VACUUM ANALYZE), what any bulk import should end with;
   3. time 240 filtered searches through the gRPC server (after 20 warm-up calls), page_size 50, mixed:
      free text (Chinese name fragments of 1 to 3 characters, email and phone fragments, company names as
      people type them (a brand such as 腾达, or two), Latin names) combined with tags, classification,
@@ -19,6 +19,7 @@ fixed seed, so runs are comparable.
 
 from __future__ import annotations
 
+import os
 import random
 import statistics
 import time
@@ -29,7 +30,6 @@ from typing import Any
 
 import grpc
 import pytest
-from sqlalchemy import text
 
 from crm.customer.v1 import customer_pb2 as pb
 from crm.customer.v1 import customer_pb2_grpc
@@ -37,9 +37,10 @@ from crm_customer.app import SPEC
 from crm_customer.bulk import insert_contacts
 from crm_customer.models import Account
 from crm_kit.context import tenant_scope
+from crm_kit.db.engine import create_engine
 from crm_kit.db.ids import uuid7
 from crm_kit.runtime import ServiceRuntime
-from crm_kit.testing.databases import DatabaseFactory
+from crm_kit.testing.databases import DatabaseFactory, DatabaseUrls
 from crm_kit.testing.services import start_service
 from crm_kit.testing.tokens import TokenIssuer
 
@@ -327,19 +328,35 @@ def percentile(values: list[float], p: float) -> float:
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
 
 
+@dataclass
+class Service:
+    runtime: ServiceRuntime
+    urls: DatabaseUrls
+
+
 @pytest.fixture(scope="module")
-async def service(
-    database_factory: DatabaseFactory, nats_url: str, token_issuer: TokenIssuer
-) -> AsyncIterator[ServiceRuntime]:
-    rt = await start_service(
-        SPEC, database_factory.create("bench"), nats_url=nats_url, verifier=token_issuer.verifier()
-    )
-    yield rt
+async def bench(database_factory: DatabaseFactory, nats_url: str, token_issuer: TokenIssuer) -> AsyncIterator[Service]:
+    urls = database_factory.create("bench")
+    rt = await start_service(SPEC, urls, nats_url=nats_url, verifier=token_issuer.verifier())
+    yield Service(rt, urls)
     await rt.stop()
 
 
+async def after_bulk_load(urls: DatabaseUrls) -> None:
+    """What a bulk load ends with: fresh planner statistics; on PostgreSQL also VACUUM (as the owner), which
+    merges the GIN indexes' pending lists and marks pages all-visible (index-only scans of contact_tags)."""
+    engine = create_engine(urls.owner)
+    try:
+        async with engine.connect() as conn:
+            auto = await conn.execution_options(isolation_level="AUTOCOMMIT")
+            await auto.exec_driver_sql("VACUUM ANALYZE" if engine.dialect.name == "postgresql" else "ANALYZE")
+    finally:
+        await engine.dispose()
+
+
 @pytest.mark.timeout(3600)
-async def test_contact_search_at_100k(service: ServiceRuntime, token_issuer: TokenIssuer, db_backend: str) -> None:
+async def test_contact_search_at_100k(bench: Service, token_issuer: TokenIssuer, db_backend: str) -> None:
+    service = bench.runtime
     rng = random.Random(20240404)
     loaded: dict[str, Dataset] = {}
     seconds = 0.0
@@ -347,8 +364,7 @@ async def test_contact_search_at_100k(service: ServiceRuntime, token_issuer: Tok
         loaded[tenant], took = await load_tenant(service, tenant, rng)
         seconds += took
     started = time.perf_counter()
-    async with service.db.engine.begin() as conn:
-        await conn.execute(text("ANALYZE"))
+    await after_bulk_load(bench.urls)
     analyze = time.perf_counter() - started
     rows = sum(SIZES.values())
 
@@ -372,7 +388,8 @@ async def test_contact_search_at_100k(service: ServiceRuntime, token_issuer: Tok
     print(f"\n=== contact search benchmark: {db_backend} ===")
     print(
         f"load: {rows:,} contacts ({SIZES[MAIN]:,} + {SIZES[OTHER]:,} in another tenant) in {seconds:.1f} s"
-        f" = {rows / seconds:,.0f} rows/s; ANALYZE {analyze:.1f} s"
+        f" = {rows / seconds:,.0f} rows/s; {'VACUUM ANALYZE' if db_backend == 'postgres' else 'ANALYZE'}"
+        f" {analyze:.1f} s; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
     )
     print(
         f"searches: {len(every)} through gRPC, page_size {PAGE_SIZE}, {WARMUP} warm-up calls not counted;"
@@ -388,5 +405,5 @@ async def test_contact_search_at_100k(service: ServiceRuntime, token_issuer: Tok
             f"  max {max(values):6.1f} ms  (n={len(values)})"
         )
     target = "met" if percentile(every, 95) < 50 else "NOT met"
-    print(f"target p95 < 50 ms: {target}")
+    print(f"target p95 < 50 ms: {target}; load average now {os.getloadavg()[0]:.1f}")
     assert len(every) >= 200

@@ -10,7 +10,7 @@ from typing import Any
 import phonenumbers
 from email_validator import EmailNotValidError, validate_email
 
-from crm_kit import validation
+import crm_kit.validation as validation
 from crm_kit.errors import Violations
 
 PHONE_TYPES = ("mobile", "work", "home", "fax", "other")

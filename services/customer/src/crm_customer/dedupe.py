@@ -27,11 +27,11 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, Mapper, attributes, mapped_column
 
+import crm_kit.pagination as pagination
 from crm.customer.v1 import customer_pb2, dedupe_pb2
 from crm_customer import matching
 from crm_customer.matching import Match, Profile
 from crm_customer.models import Base, Contact
-from crm_kit import pagination
 from crm_kit.context import acting_as, tenant_scope
 from crm_kit.db import Database, TenantScoped, utcnow, uuid7
 from crm_kit.db.base import UtcDateTime

@@ -8,10 +8,11 @@
   - PostgreSQL: `search_text LIKE '%t%'` (pg_trgm GIN) for 3+ characters, and `search_vector @@ 'x'` /
     `'xy':*` (GIN over the document's tokens) for shorter terms.
 
-SQLite's planner cannot tell a rare term from a common one, so `sqlite_drivers` measures: it counts (up to a
-cap) the FTS matches and each tag's contacts, and picks at most one of these lists to drive the query when
-walking it is cheaper than walking an index in sort order until a page is full; every other list becomes
-a filter (`+column IN (...)`, which SQLite evaluates once and probes, instead of using it to drive).
+SQLite's planner cannot tell a rare term from a common one, so `sqlite_plan` measures first: it counts (up
+to a cap) the FTS matches and each tag's contacts, and lets at most one list drive the query when walking
+it is cheaper than walking an index in sort order until a page is full. Every other list is a filter
+(`+column IN (...)`: computed once and probed, never driving), and a common text (more than FTS_CAP
+matches) is tested row by row with LIKE on the document, since the walk meets a match every few rows.
 PostgreSQL plans from its own statistics.
 
 On PostgreSQL, row-level security lets an index serve a condition only when its operator is LEAKPROOF:
@@ -22,9 +23,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, bindparam, select, text
+from sqlalchemy import ColumnElement, bindparam, intersect, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.compiler import SQLCompiler
@@ -36,16 +38,22 @@ from crm_customer.models import Contact
 from crm_customer.search_document import is_short
 from crm_kit.context import require_tenant
 
-COUNT_CAP = 20_000  # lists longer than this never drive
+FTS_CAP = 5_000  # more FTS matches than this: a common text, tested row by row
+TAG_CAP = 20_000  # tags on more contacts than this never drive
 LOOKUP_COST = 1.3  # a list-driven row (a lookup, then a sort) against a row walked in index order
 TENANT_SIZE_TTL = 60.0  # seconds a tenant's contact count is reused for planning
 
 
 def fts_phrase(term: str) -> str:
     """A query term as an FTS5 trigram phrase."""
+    return '"' + _spaced(term).replace('"', '""') + '"'
+
+
+def _spaced(term: str) -> str:
+    """Short terms carry the token boundary: " x " (a whole 1-character token), " xy" (a token prefix)."""
     if is_short(term):
-        term = f" {term} " if len(term) == 1 else f" {term}"
-    return '"' + term.replace('"', '""') + '"'
+        return f" {term} " if len(term) == 1 else f" {term}"
+    return term
 
 
 def fts_query(terms: Sequence[str]) -> str:
@@ -53,7 +61,8 @@ def fts_query(terms: Sequence[str]) -> str:
 
 
 def like_pattern(term: str) -> str:
-    return "%" + term.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+    escaped = _spaced(term).replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
 
 
 def ts_lexeme(term: str) -> str:
@@ -62,26 +71,30 @@ def ts_lexeme(term: str) -> str:
     return lexeme if len(term) == 1 else lexeme + ":*"
 
 
+# How a SQLite statement tests the terms (PostgreSQL always plans for itself):
+DRIVE = "drive"  # the FTS matches drive the query (an IN list the planner may start from)
+LIST = "list"  # the FTS matches are computed once and probed per row (+rowid IN ...)
+ROW = "row"  # each row's document is tested with LIKE (no FTS: for rows already narrowed by an index)
+MODES = (DRIVE, LIST, ROW)
+
+
 class _Term(TypeDecorator[str]):
-    """A query term, spelled for the database the statement runs on."""
+    """A query term, spelled for the database and the way the statement tests it."""
 
     impl = String
     cache_ok = True
+
+    def __init__(self, short: bool, row: bool) -> None:
+        super().__init__()
+        self.short = short
+        self.row = row
 
     def process_bind_param(self, value: str | None, dialect: Any) -> str | None:
         if value is None:
             return None
         if dialect.name == "sqlite":
-            return fts_phrase(value)
-        return ts_lexeme(value) if is_short(value) else like_pattern(value)
-
-
-class _LongTerm(_Term):
-    cache_ok = True
-
-
-class _ShortTerm(_Term):
-    cache_ok = True
+            return like_pattern(value) if self.row else fts_phrase(value)
+        return ts_lexeme(value) if self.short else like_pattern(value)
 
 
 class TextMatch(ColumnElement[bool]):
@@ -92,22 +105,26 @@ class TextMatch(ColumnElement[bool]):
     _is_implicitly_boolean = True  # a predicate: never rendered as "(...) = 1" where booleans are integers
     _traverse_internals = [
         ("terms", InternalTraversal.dp_clauseelement_tuple),
-        ("drive", InternalTraversal.dp_boolean),
+        ("mode", InternalTraversal.dp_string),
     ]
 
-    def __init__(self, terms: Sequence[str], *, drive: bool = True) -> None:
-        # The short/long kind of each term is part of the statement's shape (and its cache key).
-        self.terms = tuple(
-            bindparam(None, t, type_=_ShortTerm() if is_short(t) else _LongTerm(), unique=True) for t in terms
-        )
-        self.drive = drive
+    def __init__(self, terms: Sequence[str], *, mode: str = DRIVE) -> None:
+        if mode not in MODES:
+            raise ValueError(f"unknown text match mode {mode!r}")
+        self.mode = mode
+        # Each term's kind is part of the statement's shape (and of its cache key, through its type).
+        self.terms = tuple(bindparam(None, t, type_=_Term(is_short(t), mode == ROW), unique=True) for t in terms)
 
 
 @compiles(TextMatch, "sqlite")
 def _text_sqlite(element: TextMatch, compiler: SQLCompiler, **kw: Any) -> str:
+    if element.mode == ROW:
+        document = compiler.process(Contact.__table__.c.search_text, **kw)
+        tests = (f"{document} LIKE {compiler.process(t, **kw)} ESCAPE '\\'" for t in element.terms)
+        return "(" + " AND ".join(tests) + ")"
     rowid = compiler.process(Contact.__table__.c.search_rowid, **kw)
     query = " || ' AND ' || ".join(compiler.process(t, **kw) for t in element.terms)
-    plus = "" if element.drive else "+"
+    plus = "+" if element.mode == LIST else ""
     return f"{plus}{rowid} IN (SELECT rowid FROM contacts_fts WHERE contacts_fts MATCH {query})"
 
 
@@ -117,7 +134,7 @@ def _text_postgres(element: TextMatch, compiler: SQLCompiler, **kw: Any) -> str:
     parts = []
     for term in element.terms:
         value = compiler.process(term, **kw)
-        if isinstance(term.type, _ShortTerm):
+        if isinstance(term.type, _Term) and term.type.short:
             parts.append(f"contacts.search_vector @@ CAST({value} AS tsquery)")
         else:
             parts.append(f"{document} LIKE {value}")
@@ -145,10 +162,13 @@ def _unindexed_sqlite(element: Unindexed, compiler: SQLCompiler, **kw: Any) -> s
     return "+" + compiler.process(element.column, **kw)
 
 
-def tag_match(tag: str, *, drive: bool = True) -> ColumnElement[bool]:
-    tagged = select(ContactTag.contact_id).where(ContactTag.tenant_id == require_tenant(), ContactTag.tag == tag)
+def tag_match(tags: Sequence[str], *, drive: bool = True) -> ColumnElement[bool]:
+    """The contact carries every one of `tags`: one list from the tag index (their INTERSECT, for several,
+    each part a range of the (tenant_id, tag, contact_id) key)."""
+    tenant = require_tenant()
+    parts = [select(ContactTag.contact_id).where(ContactTag.tenant_id == tenant, ContactTag.tag == t) for t in tags]
     column: Any = Contact.id if drive else Unindexed(Contact.id)
-    return column.in_(tagged)  # type: ignore[no-any-return]
+    return column.in_(parts[0] if len(parts) == 1 else intersect(*parts))  # type: ignore[no-any-return]
 
 
 # --- choosing what drives a SQLite query --------------------------------------------------------------
@@ -170,34 +190,66 @@ async def _tenant_size(session: AsyncSession) -> int:
 
 async def _count_fts(session: AsyncSession, terms: Sequence[str]) -> int:
     stmt = text("SELECT count(*) FROM (SELECT rowid FROM contacts_fts WHERE contacts_fts MATCH :q LIMIT :cap)")
-    return int(await session.scalar(stmt, {"q": fts_query(terms), "cap": COUNT_CAP + 1}) or 0)
+    return int(await session.scalar(stmt, {"q": fts_query(terms), "cap": FTS_CAP + 1}) or 0)
 
 
 async def _count_tag(session: AsyncSession, tag: str) -> int:
     stmt = text("SELECT count(*) FROM (SELECT 1 FROM contact_tags WHERE tenant_id = :t AND tag = :tag LIMIT :cap)")
-    return int(await session.scalar(stmt, {"t": require_tenant(), "tag": tag, "cap": COUNT_CAP + 1}) or 0)
+    return int(await session.scalar(stmt, {"t": require_tenant(), "tag": tag, "cap": TAG_CAP + 1}) or 0)
 
 
-async def sqlite_drivers(
-    session: AsyncSession, terms: Sequence[str], tags: Sequence[str], *, other_density: float, page: int
-) -> str | None:
-    """Which list drives: "q", "tag:<tag>", or None (an index in sort order does, the lists filter).
+@dataclass(frozen=True)
+class SqlitePlan:
+    """What drives a SQLite list query ("q", "tags" or None: an index in sort order), and how the
+    text terms are tested."""
 
-    Walking the sort index visits about page / density rows (all filters' densities multiplied; capped at
-    the tenant's size); walking the shortest list visits its length, then sorts."""
-    lists: dict[str, int] = {}
-    if terms:
-        lists["q"] = await _count_fts(session, terms)
-    for tag in tags:
-        lists[f"tag:{tag}"] = await _count_tag(session, tag)
-    if not lists:
-        return None
+    drive: str | None
+    text_mode: str
+
+    @property
+    def tags_drive(self) -> bool:
+        return self.drive == "tags"
+
+
+async def sqlite_plan(
+    session: AsyncSession,
+    terms: Sequence[str],
+    tags: Sequence[str],
+    *,
+    narrowed: bool,
+    other_density: float,
+    page: int,
+) -> SqlitePlan:
+    """Measure the lists (capped counts) and choose.
+
+    Walking the sort index visits about page / density rows (every filter's share multiplied; at most the
+    tenant's size, or NARROWED_WALK when an owner, account or external id narrows it through its own
+    index); walking the shortest list visits its length, then sorts. A common text (more than FTS_CAP
+    matches) never drives nor is listed: its few rows per page are cheaper to test one by one (LIKE)."""
+    q_count = await _count_fts(session, terms) if terms else 0
+    dense_text = q_count > FTS_CAP
+    tag_counts = [await _count_tag(session, t) for t in tags]
+    # The tags' intersection is at most as long as the rarest tag's list.
+    lists = {"tags": min(tag_counts)} if tag_counts else {}
+    if terms and not dense_text:
+        lists["q"] = q_count
+    if narrowed or not lists:
+        return SqlitePlan(None, ROW if dense_text else LIST)
     size = max(await _tenant_size(session), 1)
-    density = other_density
-    for count in lists.values():
+    density = other_density  # filters taken as independent
+    for count in (*tag_counts, q_count if terms else size):
         density *= min(1.0, count / size)
     walk = min(float(size), page / max(density, 1.0 / size))
     name, shortest = min(lists.items(), key=lambda item: item[1])
-    if shortest > COUNT_CAP:
-        return None
-    return name if shortest * LOOKUP_COST < walk else None
+    drive = name if shortest <= TAG_CAP and shortest * LOOKUP_COST < walk else None
+    if drive == "q":
+        return SqlitePlan(drive, DRIVE)
+    return SqlitePlan(drive, ROW if dense_text else LIST)
+
+
+async def purge_deleted_terms(session: AsyncSession) -> None:
+    """Rewrite the SQLite FTS index without the entries of deleted or changed documents, which otherwise stay
+    in its segments until they are merged (erasure calls this after removing a person). PostgreSQL's
+    VACUUM does the same for its indexes."""
+    if session.get_bind().dialect.name == "sqlite":
+        await session.execute(text("INSERT INTO contacts_fts(contacts_fts) VALUES ('optimize')"))

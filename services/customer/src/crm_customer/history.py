@@ -12,9 +12,9 @@ from sqlalchemy import Index, String, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
+import crm_kit.pagination as pagination
 from crm.customer.v1 import customer_pb2
 from crm_customer.models import Base, Contact
-from crm_kit import pagination
 from crm_kit.context import current_actor, current_principal
 from crm_kit.db.base import TenantScoped, UtcDateTime, utcnow
 from crm_kit.db.ids import uuid7

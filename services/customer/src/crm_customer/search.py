@@ -34,7 +34,7 @@ from sqlalchemy import ColumnElement, Select, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from crm_customer import indexing  # noqa: F401  (the write-path listeners the query relies on)
-from crm_customer.fulltext import TextMatch, sqlite_drivers, tag_match
+from crm_customer.fulltext import DRIVE, SqlitePlan, TextMatch, sqlite_plan, tag_match
 from crm_customer.models import Contact
 from crm_customer.rules import CLASSIFICATIONS, LIFECYCLE_STAGES
 from crm_customer.search_document import MAX_QUERY_LENGTH, query_terms
@@ -152,11 +152,15 @@ class Criteria:
     strong: bool = False
     density: float = 1.0  # the weak filters' assumed share
 
-    def clauses(self, drive: str | None = None) -> list[ColumnElement[bool]]:
+    def clauses(self, plan: SqlitePlan | None = None) -> list[ColumnElement[bool]]:
+        """The where-clauses; without a plan every list may drive (PostgreSQL plans for itself)."""
         out = list(self.where)
         if self.terms:
-            out.append(TextMatch(self.terms, drive=drive in (None, "q")))
-        out += [tag_match(t, drive=drive in (None, f"tag:{t}")) for t in self.tags]
+            out.append(TextMatch(self.terms, mode=plan.text_mode if plan else DRIVE))
+        if plan is None:  # one semi-join per tag: PostgreSQL estimates (and merges) them well
+            out += [tag_match([t]) for t in self.tags]
+        elif self.tags:  # SQLite: their INTERSECT, one list that drives or filters as planned
+            out.append(tag_match(self.tags, drive=plan.tags_drive))
         return out
 
 
@@ -223,13 +227,11 @@ async def _sort_keys(session: AsyncSession, request: Any) -> list[SortKey]:
 
 async def _where(session: AsyncSession, request: Any, principal: Principal | None) -> list[ColumnElement[bool]]:
     c = criteria(request, principal)
-    drive: str | None = None
-    if session.get_bind().dialect.name == "sqlite" and not c.strong:
+    plan: SqlitePlan | None = None
+    if session.get_bind().dialect.name == "sqlite" and (c.terms or c.tags):
         page = int(_get(request, "page_size", 0) or 0) or DEFAULT_PAGE_SIZE
-        drive = await sqlite_drivers(session, c.terms, c.tags, other_density=c.density, page=page)
-        if drive is None and (c.terms or c.tags):
-            drive = "none"  # every list filters; an index in sort order drives
-    where = c.clauses(drive)
+        plan = await sqlite_plan(session, c.terms, c.tags, narrowed=c.strong, other_density=c.density, page=page)
+    where = c.clauses(plan)
     for provider in _filter_providers:
         where += await provider(session, request)
     return where

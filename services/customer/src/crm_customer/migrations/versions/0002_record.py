@@ -160,16 +160,14 @@ def _backfill(bind: sa.engine.Connection, postgres: bool) -> None:
         sa.column("search_text"),
         sa.column("search_rowid"),
     )
-    companies = {
-        (r.tenant_id, r.id): r.name for r in bind.execute(sa.text("SELECT tenant_id, id, name FROM accounts"))
-    }
+    companies = {(r.tenant_id, r.id): r.name for r in bind.execute(sa.text("SELECT tenant_id, id, name FROM accounts"))}
     rows = list(bind.execute(sa.select(contacts).order_by(contacts.c.id)).mappings())
     tags: list[dict[str, str]] = []
     for rowid, row in enumerate(rows, start=1):
         values = dict(row)
-        values["phones"] = [{"type": phone_type_of(row["phone"]), "number": row["phone"], "primary": True}] if row[
-            "phone"
-        ] else []
+        values["phones"] = (
+            [{"type": phone_type_of(row["phone"]), "number": row["phone"], "primary": True}] if row["phone"] else []
+        )
         values["emails"] = [{"type": "other", "address": row["email"], "primary": True}] if row["email"] else []
         company = companies.get((row["tenant_id"], row["account_id"]), "")
         bind.execute(
@@ -184,7 +182,10 @@ def _backfill(bind: sa.engine.Connection, postgres: bool) -> None:
         )
         tags.extend(tag_rows(row["tenant_id"], row["id"], row["tags"] or ()))
     if tags:
-        bind.execute(sa.text("INSERT INTO contact_tags (tenant_id, tag, contact_id) VALUES (:tenant_id, :tag, :contact_id)"), tags)
+        bind.execute(
+            sa.text("INSERT INTO contact_tags (tenant_id, tag, contact_id) VALUES (:tenant_id, :tag, :contact_id)"),
+            tags,
+        )
     if postgres:
         for table in ("contacts", "accounts", "contact_tags"):
             op.execute(f'ALTER TABLE "{table}" FORCE ROW LEVEL SECURITY')
