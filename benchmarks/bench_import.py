@@ -42,6 +42,7 @@ LATIN = ["James", "Mary", "John", "Patricia", "Robert", "Jennifer", "Michael", "
 DOMAINS = ["qq.com", "163.com", "126.com", "gmail.com", "outlook.com", "sina.com", "example.cn", "foxmail.com"]
 TAGS = ["vip", "重要客户", "北京", "上海", "展会", "老客户", "新客户", "合作伙伴", "tag01", "tag02"]
 MOBILE = ["130", "131", "135", "136", "137", "138", "139", "150", "158", "186", "188", "199"]
+pytestmark = pytest.mark.timeout(1800)  # two 100k imports per backend take longer than the suite's 300 s
 HEADER = [
     "external_id",
     "last_name",
