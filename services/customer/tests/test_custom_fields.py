@@ -13,8 +13,6 @@ from typing import Any
 import grpc
 import pytest
 from google.protobuf import field_mask_pb2, json_format
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 from sqlalchemy import insert, select
 
 from crm.customer.v1 import custom_fields_pb2 as cf
@@ -29,6 +27,7 @@ from crm_kit.db import uuid7
 from crm_kit.db.system_tables import OutboxMessage
 from crm_kit.runtime import ServiceRuntime
 from crm_kit.testing.databases import DatabaseFactory
+from crm_kit.testing.grpc import violations
 from crm_kit.testing.services import start_service
 from crm_kit.testing.tokens import TokenIssuer
 
@@ -52,17 +51,6 @@ async def stubs(database_factory: DatabaseFactory, nats_url: str, token_issuer: 
             customer_pb2_grpc.CustomerServiceStub(channel), custom_fields_pb2_grpc.CustomFieldServiceStub(channel), rt
         )
     await rt.stop()
-
-
-def violations(err: grpc.aio.AioRpcError) -> dict[str, str]:
-    status = rpc_status.from_call(err)  # type: ignore[arg-type]
-    assert status is not None
-    out: dict[str, str] = {}
-    for detail in status.details:
-        bad = error_details_pb2.BadRequest()
-        if detail.Unpack(bad):
-            out.update({v.field: v.description for v in bad.field_violations})
-    return out
 
 
 async def fails(call: Any, code: grpc.StatusCode = grpc.StatusCode.INVALID_ARGUMENT) -> dict[str, str]:

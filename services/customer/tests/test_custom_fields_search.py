@@ -11,8 +11,6 @@ from typing import Any
 import grpc
 import pytest
 from google.protobuf import json_format
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 
 from crm.customer.v1 import custom_fields_pb2 as cf
 from crm.customer.v1 import custom_fields_pb2_grpc, customer_pb2_grpc
@@ -21,6 +19,7 @@ from crm_customer import custom_field_search
 from crm_customer.app import SPEC
 from crm_kit.runtime import ServiceRuntime
 from crm_kit.testing.databases import DatabaseFactory
+from crm_kit.testing.grpc import violations
 from crm_kit.testing.services import start_service
 from crm_kit.testing.tokens import TokenIssuer
 
@@ -101,17 +100,6 @@ async def world(runtime: ServiceRuntime, token_issuer: TokenIssuer) -> AsyncIter
             json_format.ParseDict({"custom_fields": values}, message)
             ids[name] = (await customer.CreateContact(pb.CreateContactRequest(contact=message), metadata=md)).id
         yield World(customer, md, ids)
-
-
-def violations(err: grpc.aio.AioRpcError) -> dict[str, str]:
-    status = rpc_status.from_call(err)  # type: ignore[arg-type]
-    assert status is not None
-    out: dict[str, str] = {}
-    for detail in status.details:
-        bad = error_details_pb2.BadRequest()
-        if detail.Unpack(bad):
-            out.update({v.field: v.description for v in bad.field_violations})
-    return out
 
 
 async def names(world: World, *conditions: str) -> set[str]:

@@ -8,8 +8,6 @@ from collections.abc import AsyncIterator
 import grpc
 import pytest
 from google.protobuf import field_mask_pb2
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 from sqlalchemy import select
 
 from crm.customer.v1 import customer_pb2 as pb
@@ -19,6 +17,7 @@ from crm_kit.context import system_scope
 from crm_kit.db.system_tables import OutboxMessage
 from crm_kit.runtime import ServiceRuntime
 from crm_kit.testing.databases import DatabaseFactory
+from crm_kit.testing.grpc import violations
 from crm_kit.testing.services import start_service
 from crm_kit.testing.tokens import TokenIssuer
 
@@ -38,17 +37,6 @@ async def customer(
 async def stub(customer: ServiceRuntime) -> AsyncIterator[customer_pb2_grpc.CustomerServiceStub]:
     async with grpc.aio.insecure_channel(f"127.0.0.1:{customer.port}") as channel:
         yield customer_pb2_grpc.CustomerServiceStub(channel)
-
-
-def violations(err: grpc.aio.AioRpcError) -> dict[str, str]:
-    status = rpc_status.from_call(err)  # type: ignore[arg-type]
-    assert status is not None
-    out: dict[str, str] = {}
-    for detail in status.details:
-        bad = error_details_pb2.BadRequest()
-        if detail.Unpack(bad):
-            out.update({v.field: v.description for v in bad.field_violations})
-    return out
 
 
 async def test_contacts_are_normalised(stub: customer_pb2_grpc.CustomerServiceStub, token_issuer: TokenIssuer) -> None:

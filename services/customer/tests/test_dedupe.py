@@ -9,8 +9,6 @@ from datetime import timedelta
 
 import grpc
 import pytest
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 from sqlalchemy import select, update
 
 from crm.customer.v1 import customer_pb2 as cpb
@@ -34,6 +32,7 @@ from crm_kit.db.system_tables import OutboxMessage
 from crm_kit.events.envelope import Event
 from crm_kit.runtime import ServiceRuntime
 from crm_kit.testing.databases import DatabaseFactory
+from crm_kit.testing.grpc import violations
 from crm_kit.testing.services import start_service
 from crm_kit.testing.tokens import TokenIssuer
 
@@ -69,16 +68,6 @@ def stub(channel: grpc.aio.Channel) -> dedupe_pb2_grpc.DedupeServiceStub:
 
 def tenant() -> str:
     return f"t-dd-{uuid.uuid4().hex[:10]}"
-
-
-def violations(err: grpc.aio.AioRpcError) -> dict[str, str]:
-    status = rpc_status.from_call(err)  # type: ignore[arg-type]
-    out: dict[str, str] = {}
-    for detail in status.details if status else ():
-        bad = error_details_pb2.BadRequest()
-        if detail.Unpack(bad):
-            out.update({v.field: v.description for v in bad.field_violations})
-    return out
 
 
 async def create(stub: customer_pb2_grpc.CustomerServiceStub, md: Metadata, **fields: object) -> cpb.Contact:

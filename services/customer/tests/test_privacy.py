@@ -13,8 +13,6 @@ from typing import Any
 import grpc
 import pytest
 from google.protobuf import json_format
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 from sqlalchemy import select
 
 from crm.common.v1 import personal_data_pb2, personal_data_pb2_grpc
@@ -35,6 +33,7 @@ from crm_kit.db.system_tables import OutboxMessage
 from crm_kit.privacy import ErasedContact, undeclared_tables
 from crm_kit.runtime import ServiceRuntime
 from crm_kit.testing.databases import DatabaseFactory, DatabaseUrls
+from crm_kit.testing.grpc import violations
 from crm_kit.testing.pii import find_personal_data
 from crm_kit.testing.services import start_service
 from crm_kit.testing.tokens import TokenIssuer
@@ -134,16 +133,6 @@ class Calls:
 @pytest.fixture(scope="module")
 def calls(channel: grpc.aio.Channel, token_issuer: TokenIssuer) -> Calls:
     return Calls(channel, token_issuer)
-
-
-def violations(err: grpc.aio.AioRpcError) -> dict[str, str]:
-    status = rpc_status.from_call(err)  # type: ignore[arg-type]
-    out: dict[str, str] = {}
-    for detail in status.details if status is not None else []:
-        bad = error_details_pb2.BadRequest()
-        if detail.Unpack(bad):
-            out.update({v.field: v.description for v in bad.field_violations})
-    return out
 
 
 def timestamp(value: datetime) -> Any:

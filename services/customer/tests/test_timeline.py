@@ -11,8 +11,6 @@ from datetime import UTC, datetime, timedelta
 import grpc
 import pytest
 from google.protobuf import field_mask_pb2, struct_pb2, timestamp_pb2
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 from sqlalchemy import select
 
 from crm.customer.v1 import customer_pb2 as cpb
@@ -27,6 +25,7 @@ from crm_kit.errors import InvalidArgument
 from crm_kit.events.envelope import Event
 from crm_kit.runtime import ServiceRuntime
 from crm_kit.testing.databases import DatabaseFactory
+from crm_kit.testing.grpc import violations
 from crm_kit.testing.services import start_service
 from crm_kit.testing.tokens import TokenIssuer
 
@@ -62,16 +61,6 @@ def stub(channel: grpc.aio.Channel) -> timeline_pb2_grpc.TimelineServiceStub:
 
 def tenant() -> str:
     return f"t-tl-{uuid.uuid4().hex[:10]}"
-
-
-def violations(err: grpc.aio.AioRpcError) -> dict[str, str]:
-    status = rpc_status.from_call(err)  # type: ignore[arg-type]
-    out: dict[str, str] = {}
-    for detail in status.details if status else ():
-        bad = error_details_pb2.BadRequest()
-        if detail.Unpack(bad):
-            out.update({v.field: v.description for v in bad.field_violations})
-    return out
 
 
 def ts(value: datetime) -> timestamp_pb2.Timestamp:

@@ -9,19 +9,12 @@ from typing import Any
 
 import grpc
 import pytest
-from google.protobuf import field_mask_pb2
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
-from sqlalchemy import select
 
 from crm.marketing.v1 import marketing_pb2 as pb
 from crm.marketing.v1 import marketing_pb2_grpc
-from crm_kit.context import system_scope
-from crm_kit.db.engine import Database
-from crm_kit.db.system_tables import OutboxMessage
-from crm_kit.events.envelope import Event
 from crm_kit.runtime import ServiceRuntime
 from crm_kit.testing.databases import DatabaseFactory
+from crm_kit.testing.grpc import mask, outbox, violations
 from crm_kit.testing.services import start_service
 from crm_kit.testing.tokens import TokenIssuer
 from crm_marketing.app import SPEC
@@ -49,30 +42,6 @@ async def stub(marketing: ServiceRuntime) -> AsyncIterator[Stub]:
 @pytest.fixture
 def tenant() -> str:
     return f"t{uuid.uuid4().hex[:12]}"
-
-
-def violations(err: grpc.aio.AioRpcError) -> dict[str, str]:
-    status = rpc_status.from_call(err)  # type: ignore[arg-type]
-    assert status is not None
-    out: dict[str, str] = {}
-    for detail in status.details:
-        bad = error_details_pb2.BadRequest()
-        if detail.Unpack(bad):
-            out.update({v.field: v.description for v in bad.field_violations})
-    return out
-
-
-async def outbox(db: Database, tenant_id: str) -> list[Event]:
-    with system_scope():
-        async with db.transaction() as s:
-            rows = await s.scalars(
-                select(OutboxMessage.payload).where(OutboxMessage.tenant_id == tenant_id).order_by(OutboxMessage.id)
-            )
-            return [Event.from_json(p) for p in rows]
-
-
-def mask(*paths: str) -> field_mask_pb2.FieldMask:
-    return field_mask_pb2.FieldMask(paths=list(paths))
 
 
 async def create(stub: Stub, md: Any, **fields: Any) -> pb.Campaign:

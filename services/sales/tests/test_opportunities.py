@@ -8,50 +8,20 @@ from typing import Any
 
 import grpc
 import pytest
-from google.protobuf import field_mask_pb2
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 from sqlalchemy import select
 
 from crm.customer.v1 import customer_pb2 as cpb
 from crm.customer.v1 import customer_pb2_grpc
 from crm.sales.v1 import sales_pb2 as pb
 from crm.sales.v1 import sales_pb2_grpc
-from crm_kit.context import system_scope, tenant_scope
-from crm_kit.db.engine import Database
+from crm_kit.context import tenant_scope
 from crm_kit.db.ids import uuid7
-from crm_kit.db.system_tables import OutboxMessage
-from crm_kit.events.envelope import Event
 from crm_kit.runtime import ServiceRuntime
+from crm_kit.testing.grpc import mask, outbox, violations
 from crm_kit.testing.tokens import TokenIssuer
 from crm_sales.models import ContactRef, Opportunity
 
 Stub = sales_pb2_grpc.SalesServiceStub
-
-
-def violations(err: grpc.aio.AioRpcError) -> dict[str, str]:
-    status = rpc_status.from_call(err)  # type: ignore[arg-type]
-    assert status is not None
-    out: dict[str, str] = {}
-    for detail in status.details:
-        bad = error_details_pb2.BadRequest()
-        if detail.Unpack(bad):
-            out.update({v.field: v.description for v in bad.field_violations})
-    return out
-
-
-async def outbox(db: Database, tenant_id: str) -> list[Event]:
-    """Every event the service recorded for `tenant_id`, oldest first."""
-    with system_scope():
-        async with db.transaction() as s:
-            rows = await s.scalars(
-                select(OutboxMessage.payload).where(OutboxMessage.tenant_id == tenant_id).order_by(OutboxMessage.id)
-            )
-            return [Event.from_json(p) for p in rows]
-
-
-def mask(*paths: str) -> field_mask_pb2.FieldMask:
-    return field_mask_pb2.FieldMask(paths=list(paths))
 
 
 async def create(stub: Stub, md: Any, **fields: Any) -> pb.Opportunity:
