@@ -21,6 +21,7 @@ from werkzeug.serving import BaseWSGIServer, make_server
 from crm_analytics.app import SPEC as ANALYTICS
 from crm_customer.app import SPEC as CUSTOMER
 from crm_gateway.cli import cli as crmctl
+from crm_kit.grpc.channels import open_channel
 from crm_kit.runtime import ServiceRuntime, ServiceSpec
 from crm_kit.testing.databases import DatabaseFactory
 from crm_kit.testing.services import BackgroundLoop, start_service
@@ -77,9 +78,7 @@ class Platform:
             if spec.name == "servicedesk":
                 monkeypatch.setenv("SERVICEDESK_CUSTOMER_ADDR", f"127.0.0.1:{self.runtimes['customer'].port}")
             urls = self.databases.create(spec.name)
-            self.runtimes[spec.name] = self.loop.run(
-                start_service(spec, urls, nats_url=self.nats_url, jwks_url=jwks)
-            )
+            self.runtimes[spec.name] = self.loop.run(start_service(spec, urls, nats_url=self.nats_url, jwks_url=jwks))
         gw_db = self.tmp / "gateway.db"
         env = {
             "GATEWAY_DATABASE_URL": f"sqlite:///{gw_db}",
@@ -122,7 +121,7 @@ class Platform:
 
     def channel(self, service: str) -> grpc.Channel:
         if service not in self._channels:
-            self._channels[service] = grpc.insecure_channel(f"127.0.0.1:{self.runtimes[service].port}")
+            self._channels[service] = open_channel(f"127.0.0.1:{self.runtimes[service].port}")
         return self._channels[service]
 
     def stop(self) -> None:

@@ -24,9 +24,9 @@ from crm_gateway.auth.tokens import TokenService
 from crm_gateway.config import Settings
 from crm_gateway.db import Database
 from crm_gateway.models import Tenant, User
+from crm_kit.grpc.channels import open_channel
 
 DONE = ("succeeded", "failed", "completed_with_errors")
-MAX_MESSAGE = 64 * 1024 * 1024
 SHOWN_PROBLEMS = 50
 
 
@@ -89,8 +89,7 @@ def run_import(
 ) -> transfer_pb2.ImportJob:
     content = file.read_bytes()
     metadata = (("authorization", f"Bearer {t.token}"),)
-    options = [("grpc.max_send_message_length", MAX_MESSAGE), ("grpc.max_receive_message_length", MAX_MESSAGE)]
-    with grpc.insecure_channel(t.address, options=options) as channel:
+    with open_channel(t.address, large_messages=True) as channel:
         stub = transfer_pb2_grpc.TransferServiceStub(channel)
         try:
             job = stub.StartImport(

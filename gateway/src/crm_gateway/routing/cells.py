@@ -19,19 +19,9 @@ from sqlalchemy import select
 
 from crm_gateway.db import Database
 from crm_gateway.models import Tenant
+from crm_kit.grpc.channels import open_channel
 
 log = logging.getLogger("crm_gateway.routing")
-
-CHANNEL_OPTIONS: list[tuple[str, int | str]] = [
-    ("grpc.keepalive_time_ms", 30_000),
-    ("grpc.keepalive_timeout_ms", 10_000),
-    ("grpc.keepalive_permit_without_calls", 0),
-    ("grpc.max_receive_message_length", 64 * 1024 * 1024),  # file downloads (exports) come as one message
-    # Uploads (imports) go as one message; the services accept 64 MiB (crm_kit.grpc.server.MAX_MESSAGE_BYTES).
-    ("grpc.max_send_message_length", 64 * 1024 * 1024),
-    ("grpc.enable_retries", 1),
-    ("grpc.lb_policy_name", "round_robin"),
-]
 
 
 class UnknownTenant(LookupError):
@@ -83,7 +73,8 @@ class ChannelPool:
         factory: Callable[[str], grpc.Channel] | None = None,
     ) -> None:
         self.cells = {name: dict(endpoints) for name, endpoints in cells.items()}
-        self._factory = factory or (lambda target: grpc.insecure_channel(target, options=CHANNEL_OPTIONS))
+        # Uploads (imports) and downloads (exports) travel as one message.
+        self._factory = factory or (lambda target: open_channel(target, large_messages=True))
         self._channels: dict[tuple[str, str], grpc.Channel] = {}
         self._lock = threading.Lock()
 

@@ -43,6 +43,7 @@ from crm_kit.db.base import TenantScoped, UtcDateTime, utcnow
 from crm_kit.db.engine import Database
 from crm_kit.errors import FailedPrecondition, InvalidArgument
 from crm_kit.events.envelope import Event, MalformedEvent, parse_type, subject_filter
+from crm_kit.grpc.channels import open_aio_channel
 from crm_kit.privacy import is_erased
 from crm_kit.runtime import Subscription
 from crm_kit.settings import env_prefix
@@ -58,11 +59,6 @@ FIELD = "contact_id"
 # Codes meaning "the customer service cannot answer now": the contact is accepted and checked later by
 # the projection. Everything else that is not an answer fails the write.
 UNREACHABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
-CHANNEL_OPTIONS = [
-    ("grpc.keepalive_time_ms", 30_000),
-    ("grpc.keepalive_timeout_ms", 10_000),
-    ("grpc.http2.max_pings_without_data", 0),
-]
 
 
 def display_name(first_name: str, last_name: str) -> str:
@@ -267,7 +263,7 @@ class ContactVerifier:
     def stub(self) -> customer_pb2_grpc.CustomerServiceStub:
         """Opened on first use, on the running event loop, and kept for the life of the process."""
         if self._stub is None:
-            self._channel = grpc.aio.insecure_channel(self.address, options=CHANNEL_OPTIONS)
+            self._channel = open_aio_channel(self.address)
             self._stub = customer_pb2_grpc.CustomerServiceStub(self._channel)  # type: ignore[no-untyped-call]
         return self._stub
 
