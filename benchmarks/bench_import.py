@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
+import os
 import random
 import time
 from collections.abc import AsyncIterator
@@ -33,7 +34,7 @@ from crm_kit.testing.databases import DatabaseFactory
 from crm_kit.testing.services import start_service
 from crm_kit.testing.tokens import TokenIssuer
 
-ROWS = 100_000
+ROWS = int(os.environ.get("CRM_BENCH_IMPORT_ROWS", "100000"))  # smaller for profiling
 TENANT = "bench-import"
 ADMIN = "0190a5f2-0000-7000-8000-000000000001"
 SURNAMES = list("王李张刘陈杨黄赵吴周徐孙马朱胡郭何高林罗郑梁谢宋唐许韩冯邓曹彭曾肖田董袁潘于蒋蔡余杜叶程苏魏吕丁")

@@ -364,3 +364,74 @@ async def test_members_own_what_they_import_and_tenants_are_isolated(stubs: Stub
     assert problems(denied) == {(2, "owner_id", "owner_id")}
     member_export = await stubs.transfer.ExportContacts(tpb.ExportContactsRequest(), metadata=member)
     assert len(member_export.content.decode("utf-8-sig").strip().splitlines()) == 2  # header + Gamma
+
+
+def big_file(rows: int) -> bytes:
+    """A file large enough to be imported in worker processes, with problems spread over its chunks."""
+    lines = [["external_id", "name", "email", "phone", "tags", "classification"]]
+    for i in range(rows):
+        email = "not-an-email" if i in (10, 1500, 2400) else f"Person{i}@Example.COM"
+        external_id = "ext-dup" if i in (5, 2100) else f"ext-{i:05d}"
+        name = f"张伟{i}" if i % 2 else f"Ada Lovelace{i}"
+        lines.append([external_id, name, email, f"138{i:08d}", "vip;北京", "核心"])
+    return csv_bytes(lines)
+
+
+async def stored(stubs: Stubs, md: Metadata) -> dict[str, tuple[Any, ...]]:
+    out: dict[str, tuple[Any, ...]] = {}
+    token = ""
+    while True:
+        reply = await stubs.contacts.ListContacts(
+            pb.ListContactsRequest(page_size=500, page_token=token), metadata=md
+        )
+        for c in reply.contacts:
+            out[c.external_id] = (c.first_name, c.last_name, c.email, c.phone, tuple(c.tags), c.classification)
+        token = reply.next_page_token
+        if not token:
+            return out
+
+
+@pytest.mark.parametrize("workers", ["2", "0"])
+async def test_a_large_file_gives_the_same_result_in_worker_processes_and_inline(
+    workers: str,
+    database_factory: DatabaseFactory,
+    nats_url: str,
+    token_issuer: TokenIssuer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from crm_customer.transfer.chunks import INLINE_MAX_ROWS
+
+    rows = INLINE_MAX_ROWS + 600  # over the inline limit: with workers, chunks run in worker processes
+    monkeypatch.setenv("CUSTOMER_IMPORT_WORKERS", workers)
+    rt = await start_service(
+        SPEC, database_factory.create(f"transfer_w{workers}"), nats_url=nats_url, verifier=token_issuer.verifier()
+    )
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{rt.port}") as channel:
+            s = Stubs(
+                transfer_pb2_grpc.TransferServiceStub(channel),
+                customer_pb2_grpc.CustomerServiceStub(channel),
+                custom_fields_pb2_grpc.CustomFieldServiceStub(channel),
+            )
+            md = admin(token_issuer, tenant())
+            content = big_file(rows)
+            job = await run_import(s, md, content)
+            # Rows 7 and 2102 share an external id; rows 12, 1502 and 2402 have a bad email (row 1 is the header).
+            assert (job.status, job.created, job.failed) == ("completed_with_errors", rows - 5, 5)
+            assert problems(job) == {
+                (7, "external_id", "external_id"),
+                (2102, "external_id", "external_id"),
+                (12, "email", "email"),
+                (1502, "email", "email"),
+                (2402, "email", "email"),
+            }
+            contacts_ = await stored(s, md)
+            assert len(contacts_) == rows - 5 and "ext-dup" not in contacts_
+            one = ("伟1", "张", "person1@example.com", "+8613800000001", ("vip", "北京"), "core")
+            assert contacts_["ext-00001"] == one
+            assert contacts_["ext-02598"][:3] == ("Ada", "Lovelace2598", "person2598@example.com")
+            again = await run_import(s, md, content)
+            assert (again.created, again.updated, again.unchanged, again.failed) == (0, 0, rows - 5, 5)
+            assert len(await stored(s, md)) == rows - 5
+    finally:
+        await rt.stop()

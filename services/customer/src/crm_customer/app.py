@@ -61,7 +61,7 @@ def servicers(rt: ServiceRuntime) -> Sequence[Servicer]:
         ),
         Servicer(
             transfer_pb2_grpc.add_TransferServiceServicer_to_server,
-            TransferServicer(rt.db),
+            TransferServicer(rt.db, on_stop=rt.on_stop),
             transfer_pb2.DESCRIPTOR.services_by_name["TransferService"].full_name,
         ),
     ]

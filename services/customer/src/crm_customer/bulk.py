@@ -59,23 +59,17 @@ async def company_names(session: AsyncSession, account_ids: Sequence[str]) -> di
     return names
 
 
-async def insert_contacts(session: AsyncSession, contacts: Sequence[Mapping[str, Any]]) -> list[str]:
-    """Insert `contacts` (column values; id, version and times are filled in when absent) for the current
-    tenant; returns their ids."""
-    if not contacts:
-        return []
-    tenant = require_tenant()
-    companies = await company_names(session, [c.get("account_id") or "" for c in contacts])
-    sqlite = session.get_bind().dialect.name == "sqlite"
-    next_rowid = 0
-    if sqlite:
-        # Across every tenant (the FTS table is shared): plain SQL, outside the tenant guard.
-        next_rowid = int(await session.scalar(text(MAX_ROWID)) or 0) + 1
+def contact_rows(
+    tenant: str, contacts: Sequence[Mapping[str, Any]], companies: Mapping[str, str]
+) -> tuple[list[dict[str, Any]], list[dict[str, str]], list[dict[str, str]]]:
+    """The rows storing `contacts` (column values; id, version and times are filled in when absent): the
+    contacts (search document included, `search_rowid` left to `write_contact_rows`), their tags and their
+    match keys. Pure: an import builds them in a worker process."""
     now = utcnow()
     rows: list[dict[str, Any]] = []
     tags: list[dict[str, str]] = []
     keys: list[dict[str, str]] = []
-    for i, values in enumerate(contacts):
+    for values in contacts:
         row = {**DEFAULTS, **values}
         row.setdefault("id", uuid7())
         row.setdefault("version", 1)
@@ -83,13 +77,40 @@ async def insert_contacts(session: AsyncSession, contacts: Sequence[Mapping[str,
         row.setdefault("update_time", row["create_time"])
         row["tenant_id"] = tenant
         row["search_text"] = document_for(row, companies.get(row["account_id"], ""))
-        row["search_rowid"] = next_rowid + i if sqlite else None
+        row["search_rowid"] = None
         rows.append(row)
         tags.extend(tag_rows(tenant, row["id"], row["tags"]))
         keys.extend(key_rows(tenant, row["id"], row))
+    return rows, tags, keys
+
+
+async def write_contact_rows(
+    session: AsyncSession,
+    rows: Sequence[dict[str, Any]],
+    tags: Sequence[dict[str, str]],
+    keys: Sequence[dict[str, str]],
+) -> None:
+    """Insert rows made by `contact_rows`, one statement per table."""
+    if not rows:
+        return
+    if session.get_bind().dialect.name == "sqlite":
+        # Across every tenant (the FTS table is shared): plain SQL, outside the tenant guard.
+        next_rowid = int(await session.scalar(text(MAX_ROWID)) or 0) + 1
+        for i, row in enumerate(rows):
+            row["search_rowid"] = next_rowid + i
     await session.execute(insert(Contact.__table__), rows)
     if tags:
         await session.execute(insert(ContactTag.__table__), tags)
     if keys:  # duplicate detection's index (crm_customer.dedupe)
         await session.execute(insert(MatchKey.__table__), keys)
+
+
+async def insert_contacts(session: AsyncSession, contacts: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Insert `contacts` (column values; id, version and times are filled in when absent) for the current
+    tenant; returns their ids."""
+    if not contacts:
+        return []
+    companies = await company_names(session, [c.get("account_id") or "" for c in contacts])
+    rows, tags, keys = contact_rows(require_tenant(), contacts, companies)
+    await write_contact_rows(session, rows, tags, keys)
     return [r["id"] for r in rows]

@@ -48,6 +48,16 @@ def email(v: Violations, field: str, value: str) -> str:
         return value
 
 
+# The type of each number `phone` validated last, by E.164: parsing is the costly part of both (an import
+# validates a whole file of numbers), and `phone_type_of` is asked about the number `phone` just returned.
+_KNOWN_TYPES: dict[str, str] = {}
+_KNOWN_TYPES_MAX = 4096
+
+
+def _type_name(number: phonenumbers.PhoneNumber) -> str:
+    return "mobile" if phonenumbers.number_type(number) == phonenumbers.PhoneNumberType.MOBILE else "other"
+
+
 def phone(v: Violations, field: str, value: str, region: str) -> str:
     value = value.strip()
     if not value:
@@ -60,16 +70,22 @@ def phone(v: Violations, field: str, value: str, region: str) -> str:
     if not phonenumbers.is_valid_number(number):
         v.add(field, "is not a valid phone number")
         return value
-    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+    e164 = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+    if len(_KNOWN_TYPES) >= _KNOWN_TYPES_MAX:
+        _KNOWN_TYPES.clear()
+    _KNOWN_TYPES[e164] = _type_name(number)
+    return e164
 
 
 def phone_type_of(number: str) -> str:
     """The type a number written alone (`phone`) gets in `phones`: mobile when it is one, else other."""
+    known = _KNOWN_TYPES.get(number)
+    if known is not None:
+        return known
     try:
-        kind = phonenumbers.number_type(phonenumbers.parse(number, None))
+        return _type_name(phonenumbers.parse(number, None))
     except phonenumbers.NumberParseException:
         return "other"
-    return "mobile" if kind == phonenumbers.PhoneNumberType.MOBILE else "other"
 
 
 def country(v: Violations, field: str, value: str) -> str:

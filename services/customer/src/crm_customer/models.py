@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import JSON, Integer, String, Text
+from sqlalchemy import JSON, ColumnElement, Integer, String, Text, and_
 from sqlalchemy.orm import Mapped, mapped_column
 
 from crm_customer.names import display_name
@@ -33,12 +33,15 @@ class Account(Base, Resource):
 class Contact(Base, Resource):
     __tablename__ = "contacts"
 
+    # Every index is led by tenant_id (see the migrations): a lone tenant_id or column index would only be
+    # written on every insert, never read (every query is scoped to one tenant).
+    tenant_id: Mapped[str] = mapped_column(String(64), nullable=False)
     first_name: Mapped[str] = mapped_column(String(100), nullable=False, default="")
     last_name: Mapped[str] = mapped_column(String(100), nullable=False, default="")
-    email: Mapped[str] = mapped_column(String(320), nullable=False, default="", index=True)
-    phone: Mapped[str] = mapped_column(String(32), nullable=False, default="", index=True)
-    account_id: Mapped[str] = mapped_column(String(36), nullable=False, default="", index=True)
-    owner_id: Mapped[str] = mapped_column(String(64), nullable=False, default="", index=True)
+    email: Mapped[str] = mapped_column(String(320), nullable=False, default="")
+    phone: Mapped[str] = mapped_column(String(32), nullable=False, default="")
+    account_id: Mapped[str] = mapped_column(String(36), nullable=False, default="")
+    owner_id: Mapped[str] = mapped_column(String(64), nullable=False, default="")
     tags: Mapped[list[str]] = mapped_column(JSON, nullable=False, default=list)
     # The tenant's custom fields by key (crm_customer.custom_fields keeps the typed index in step).
     custom_fields: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False, default=dict)
@@ -67,3 +70,11 @@ class Contact(Base, Resource):
     @property
     def display_name(self) -> str:
         return display_name(self.first_name, self.last_name)
+
+
+def external_id_in(*values: str) -> ColumnElement[bool]:
+    """Contacts whose external_id is one of `values` (none empty). The `<> ''` term is the unique index's
+    own condition: without it SQLite cannot use that partial index and reads every contact."""
+    column = Contact.external_id
+    match = column == values[0] if len(values) == 1 else column.in_(values)
+    return and_(match, column != "")

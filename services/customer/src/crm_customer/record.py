@@ -11,7 +11,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from crm.customer.v1 import customer_pb2
-from crm_customer.models import Account, Contact
+from crm_customer.models import Account, Contact, external_id_in
 from crm_kit.errors import AlreadyExists, FailedPrecondition, FieldViolation, InvalidArgument
 
 _LISTS: dict[str, Any] = {
@@ -70,7 +70,7 @@ async def check_contact_refs(session: AsyncSession, values: Mapping[str, Any], c
             raise InvalidArgument.field("account_id", f"account {account_id!r} does not exist")
     external_id = values.get("external_id") or ""
     if external_id:
-        stmt = select(Contact.id).where(Contact.external_id == external_id)
+        stmt = select(Contact.id).where(external_id_in(external_id))
         if contact_id:
             stmt = stmt.where(Contact.id != contact_id)
         other = await session.scalar(stmt.limit(1))

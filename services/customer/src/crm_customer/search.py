@@ -35,7 +35,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from crm_customer import indexing  # noqa: F401  (the write-path listeners the query relies on)
 from crm_customer.fulltext import DRIVE, SqlitePlan, TextMatch, sqlite_plan, tag_match
-from crm_customer.models import Contact
+from crm_customer.models import Contact, external_id_in
 from crm_customer.rules import CLASSIFICATIONS, LIFECYCLE_STAGES
 from crm_customer.search_document import MAX_QUERY_LENGTH, query_terms
 from crm_kit import validation
@@ -189,7 +189,7 @@ def criteria(request: Any, principal: Principal | None) -> Criteria:
         c.density *= WEAK_DENSITY["source"]
     external_id = str(_get(request, "external_id")).strip()
     if external_id:
-        c.where.append(Contact.external_id == external_id)
+        c.where.append(external_id_in(external_id))
         c.strong = True
     c.tags = _tags(v, request)
     for name, column, op in (

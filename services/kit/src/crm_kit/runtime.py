@@ -92,6 +92,11 @@ class ServiceRuntime:
         self.grpc: GrpcServer | None = None
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._on_stop: list[Callable[[], None]] = []
+
+    def on_stop(self, cleanup: Callable[[], None]) -> None:
+        """Run `cleanup` when the service stops, after in-flight calls finished (a servicer's worker pool)."""
+        self._on_stop.append(cleanup)
 
     @property
     def port(self) -> int:
@@ -153,6 +158,11 @@ class ServiceRuntime:
                 task.cancel()
             except Exception:
                 log.exception("background task failed during shutdown")
+        for cleanup in self._on_stop:
+            try:
+                cleanup()
+            except Exception:
+                log.exception("cleanup failed during shutdown")
         if self.bus is not None:
             await self.bus.close()
         await self.db.dispose()

@@ -2,15 +2,17 @@
 the `crm.customer.contact.created/updated` outbox events, audit entries, the history of owner,
 classification and stage, the custom-field index and the search structures.
 
-Creates go in multi-row INSERTs (`crm_customer.bulk.insert_contacts`, which keeps the search document,
-FTS rows and contact_tags), and so do their events, audit entries, history rows and custom-field index
-rows. Updates go through the ORM, so the mapper events keep the search document, tags and custom-field
-index true, exactly as UpdateContact does.
+Creates are built first (`build_creates`, pure, so an import builds them in a worker process while the
+service writes the previous chunk) and written in multi-row INSERTs (`write_creates`): the contact rows with
+their search document, FTS rows, tags and match keys (`crm_customer.bulk`), and their events, audit entries,
+history rows and custom-field index rows. Updates go through the ORM, so the mapper events keep the search
+document, tags and custom-field index true, exactly as UpdateContact does.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import event as sa_event
@@ -21,9 +23,8 @@ from crm_customer import bulk, custom_fields, history
 from crm_customer.custom_fields import Catalog, CustomFieldValue
 from crm_customer.history import ContactFieldChange
 from crm_customer.models import Contact
-from crm_customer.names import display_name
 from crm_customer.servicer import contact_message
-from crm_customer.transfer.rows import Plan
+from crm_customer.transfer.rows import Plan, Snapshot
 from crm_kit import audit
 from crm_kit.context import current_principal, require_tenant
 from crm_kit.db.base import utcnow
@@ -42,28 +43,39 @@ def _table(model: Any) -> Any:
     return model.__table__
 
 
-class _Row:
-    """A contact's column values as attributes: what contact_message reads, without an ORM instance (a
-    row inserted by a bulk statement has none)."""
+@dataclass(frozen=True)
+class Stamp:
+    """Who writes, in which tenant and trace: taken from the request's context, and carried explicitly to
+    code that runs outside it (a worker process)."""
 
-    def __init__(self, values: dict[str, Any]) -> None:
-        self.__dict__.update(values)
+    tenant: str
+    actor: str
+    roles: tuple[str, ...]
+    trace_id: str
+    traceparent: str
 
-    @property
-    def display_name(self) -> str:
-        return display_name(self.__dict__["first_name"], self.__dict__["last_name"])
+    @classmethod
+    def current(cls) -> Stamp:
+        principal = current_principal()
+        return cls(
+            tenant=require_tenant(),
+            actor=history.actor(),
+            roles=tuple(principal.roles) if principal is not None else (),
+            trace_id=audit.current_trace_id(),
+            traceparent=outbox.current_traceparent(),
+        )
 
 
 class Writes:
     """The outbox, audit and history rows of one batch, inserted together at the end."""
 
-    def __init__(self) -> None:
-        self.tenant = require_tenant()
-        principal = current_principal()
-        self.actor = history.actor()
-        self.roles = list(principal.roles) if principal is not None else []
-        self.trace_id = audit.current_trace_id()
-        self.traceparent = outbox.current_traceparent()
+    def __init__(self, stamp: Stamp | None = None) -> None:
+        stamp = stamp or Stamp.current()
+        self.tenant = stamp.tenant
+        self.actor = stamp.actor
+        self.roles = list(stamp.roles)
+        self.trace_id = stamp.trace_id
+        self.traceparent = stamp.traceparent
         self.events: list[dict[str, Any]] = []
         self.audits: list[dict[str, Any]] = []
         self.changes: list[dict[str, Any]] = []
@@ -141,39 +153,102 @@ class Writes:
             )
 
     async def flush(self, session: AsyncSession) -> None:
-        if self.events:
-            await session.execute(insert(_table(OutboxMessage)), self.events)
-            sync = session.sync_session
-            if not sa_event.contains(sync, "after_commit", outbox._after_commit):
-                sa_event.listen(sync, "after_commit", outbox._after_commit)
-        if self.audits:
-            await session.execute(insert(_table(audit.AuditEntry)), self.audits)
-        if self.changes:
-            await session.execute(insert(_table(ContactFieldChange)), self.changes)
+        await insert_side_rows(session, self.events, self.audits, self.changes)
         self.events, self.audits, self.changes = [], [], []
 
 
-async def create(session: AsyncSession, plans: Sequence[Plan], catalog: Catalog, writes: Writes) -> int:
-    """Insert the contacts of `plans` (all creates) in one statement per table."""
+async def insert_side_rows(
+    session: AsyncSession,
+    events: Sequence[dict[str, Any]],
+    audits: Sequence[dict[str, Any]],
+    changes: Sequence[dict[str, Any]],
+) -> None:
+    """The outbox, audit and history rows of a batch (the relay is woken when the transaction commits)."""
+    if events:
+        await session.execute(insert(_table(OutboxMessage)), events)
+        sync = session.sync_session
+        if not sa_event.contains(sync, "after_commit", outbox._after_commit):
+            sa_event.listen(sync, "after_commit", outbox._after_commit)
+    if audits:
+        await session.execute(insert(_table(audit.AuditEntry)), audits)
+    if changes:
+        await session.execute(insert(_table(ContactFieldChange)), changes)
+
+
+@dataclass
+class Created:
+    """Everything one created contact writes, built ahead of its transaction."""
+
+    number: int  # the file's row
+    contact: dict[str, Any]
+    tags: list[dict[str, str]] = field(default_factory=list)
+    keys: list[dict[str, str]] = field(default_factory=list)
+    index: list[dict[str, Any]] = field(default_factory=list)
+    events: list[dict[str, Any]] = field(default_factory=list)
+    audits: list[dict[str, Any]] = field(default_factory=list)
+    changes: list[dict[str, Any]] = field(default_factory=list)
+
+
+def build_creates(
+    plans: Sequence[Plan], catalog: Catalog, companies: dict[str, str], stamp: Stamp
+) -> list[Created]:
+    """The rows of the contacts `plans` create (all creates), one `Created` per plan, in order."""
     if not plans:
-        return 0
-    now = utcnow()
-    values = [{**p.values, "id": uuid7(), "create_time": now, "update_time": now} for p in plans]
-    await bulk.insert_contacts(session, values)
+        return []
+    rows, tags, keys = bulk.contact_rows(stamp.tenant, [p.values for p in plans], companies)
     types = {key: d.type for key, d in catalog.by_key.items()}
-    index: list[dict[str, Any]] = []
-    for row_values in values:
-        row: Any = _Row({**bulk.DEFAULTS, **row_values, "tenant_id": writes.tenant, "version": 1})
+    tags_of: dict[str, list[dict[str, str]]] = {}
+    keys_of: dict[str, list[dict[str, str]]] = {}
+    for t in tags:
+        tags_of.setdefault(t["contact_id"], []).append(t)
+    for k in keys:
+        keys_of.setdefault(k["contact_id"], []).append(k)
+    out: list[Created] = []
+    for plan, values in zip(plans, rows, strict=True):
+        writes = Writes(stamp)
+        row: Any = Snapshot(values)
         record = to_dict(contact_message(row))
         writes.event(CREATED, row, {"contact": record})
         writes.audit(audit.CREATE, row, None, record, plain=True)
         writes.history(row, {}, created=True)
+        index = []
         if row.custom_fields:
-            index += custom_fields.index_rows(writes.tenant, custom_fields.CONTACT, row.id, row.custom_fields, types)
+            index = custom_fields.index_rows(stamp.tenant, custom_fields.CONTACT, row.id, row.custom_fields, types)
+        out.append(
+            Created(
+                plan.number,
+                values,
+                tags_of.get(row.id, []),
+                keys_of.get(row.id, []),
+                index,
+                writes.events,
+                writes.audits,
+                writes.changes,
+            )
+        )
+    return out
+
+
+async def write_creates(session: AsyncSession, created: Sequence[Created]) -> int:
+    """Insert what `build_creates` built, one statement per table."""
+    if not created:
+        return 0
+    await bulk.write_contact_rows(
+        session,
+        [c.contact for c in created],
+        [t for c in created for t in c.tags],
+        [k for c in created for k in c.keys],
+    )
+    index = [r for c in created for r in c.index]
     if index:
         await session.execute(insert(_table(CustomFieldValue)), index)
-    await writes.flush(session)
-    return len(values)
+    await insert_side_rows(
+        session,
+        [e for c in created for e in c.events],
+        [a for c in created for a in c.audits],
+        [h for c in created for h in c.changes],
+    )
+    return len(created)
 
 
 async def fresh_rows(session: AsyncSession, ids: Sequence[str]) -> dict[str, Contact]:

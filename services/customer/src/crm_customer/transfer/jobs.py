@@ -1,12 +1,10 @@
-"""Import jobs: the table, and the run in two phases.
+"""Import jobs: the table, and the run.
 
-1. Validate: read the file, resolve the columns, then plan every row (rows.plan) in chunks, reading the
-   contacts it matches; problems are stored as they are found. A dry run stops here.
-2. Apply: the planned creates and updates, in batches of BATCH rows, each batch one transaction with its
-   outbox events. Each update target is read again in that transaction (locked on PostgreSQL); a contact
-   changed by someone else between the phases (another version) is reported, not overwritten blindly. Should a batch
-   still fail on a constraint (a concurrent write took an external_id), its rows are applied one by one,
-   each in its own transaction, and the ones that fail are reported: a row is never half-applied.
+The file is read and its columns resolved, rows sharing an id or external_id are refused, and the rest goes
+a chunk of CHUNK rows at a time through `chunks.process`: load what the rows name, plan them, and write the
+chunk in one transaction with its outbox events, audit entries and history (a dry run stops before
+writing). A large file's chunks run in worker processes, several at once (crm_customer.transfer.chunks).
+A row is never half-applied, and problems are stored as they are found.
 
 The job row is updated after every chunk (status, counts, progress), so GetImportJob shows progress from
 any replica. The run itself is an asyncio task of the replica that accepted the upload.
@@ -16,12 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Boolean, Integer, String, Text, func, insert, select, update
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -30,17 +28,18 @@ from crm_customer import settings
 from crm_customer.custom_fields import CONTACT, Catalog
 from crm_customer.models import Base
 from crm_customer.transfer import apply, columns, reader, rows
-from crm_customer.transfer.rows import CREATE, UNCHANGED, UPDATE, Context, Plan, Problem
+from crm_customer.transfer.chunks import Chunk, ChunkRunner, Outcome
+from crm_customer.transfer.rows import Context, Problem
 from crm_kit.context import current_principal
 from crm_kit.db import Database, Resource, TenantScoped
 from crm_kit.db.base import UtcDateTime, utcnow
 from crm_kit.errors import CrmError
+from crm_kit.events import outbox
 
 log = logging.getLogger("crm_customer.transfer")
 
 QUEUED, RUNNING, SUCCEEDED, FAILED, WITH_ERRORS = "queued", "running", "succeeded", "failed", "completed_with_errors"
-CHUNK = 1000  # rows planned per read transaction
-BATCH = 1000  # rows applied per write transaction
+CHUNK = 1000  # rows loaded, planned and written together (one write transaction)
 FIRST_PROBLEMS = 100
 
 
@@ -125,8 +124,10 @@ class Run:
         mapping: dict[str, str],
         dry_run: bool,
         match_email: bool,
+        runner: ChunkRunner | None = None,
     ) -> None:
         self.db = db
+        self.runner = runner or ChunkRunner(workers=0)
         self.job_id = job_id
         self.content = content
         self.fmt = fmt
@@ -135,6 +136,8 @@ class Run:
         self.match_email = match_email
         self.counts = {"created": 0, "updated": 0, "unchanged": 0, "failed": 0}
         self.total = 0
+        self.processed = 0
+        self.chunks_done = 0
         self.problem_seq = 0
         self.pending_problems: list[Problem] = []
 
@@ -216,112 +219,48 @@ class Run:
         inputs = rows.inputs(cols, table.rows)
         del table
         ctx = Context(cfg, catalog, current_principal(), self.match_email)
-        plans = await self._validate(inputs, ctx)
+        await self.db.analyze("contacts")  # the lookups below are by primary key and external id
+        await self._process(inputs, ctx)
         if not self.dry_run:
-            await self._apply(plans, ctx)
+            await self.db.analyze("contacts")
         await self.finish(WITH_ERRORS if self.counts["failed"] else SUCCEEDED)
 
-    def _percent(self, done: int, phase: int) -> int:
-        if not self.total:
-            return 100
-        share = done / self.total
-        if self.dry_run:
-            return min(99, int(share * 100))
-        return min(99, int(share * 50) + (50 if phase == 2 else 0))
-
-    async def _validate(self, inputs: list[rows.RowInput], ctx: Context) -> list[Plan]:
+    async def _process(self, inputs: list[rows.RowInput], ctx: Context) -> None:
+        """Chunk after chunk; with workers, as many chunks at once as there are workers, and one queued."""
         duplicate = rows.duplicates(inputs)
-        plans: list[Plan] = []
-        for start in range(0, len(inputs), CHUNK):
-            chunk = inputs[start : start + CHUNK]
-            async with self.db.transaction() as session:
-                await rows.load(session, ctx, chunk)
-            for inp in chunk:
-                found = duplicate.get(inp.number) or rows.plan(inp, ctx)
-                if isinstance(found, Plan):
-                    plans.append(found)
-                    self._count(found.action)
-                else:
-                    self.pending_problems += found
-                    self.counts["failed"] += 1
-            await self.progress(start + len(chunk), self._percent(start + len(chunk), 1))
-            await asyncio.sleep(0)
-        return plans
-
-    def _count(self, action: str, n: int = 1) -> None:
-        key = {CREATE: "created", UPDATE: "updated", UNCHANGED: "unchanged"}[action]
-        self.counts[key] += n
-
-    async def _apply(self, plans: list[Plan], ctx: Context) -> None:
-        """Counts from phase 1 are the plan; phase 2 recounts what actually happened."""
-        self.counts.update(created=0, updated=0, unchanged=0)
-        done = self.counts["failed"]
-        batch: list[Plan] = []
-        for p in plans:
-            batch.append(p)
-            if len(batch) >= BATCH:
-                done += await self._apply_batch(batch, ctx)
-                batch = []
-                await self.progress(done, self._percent(done, 2))
-        if batch:
-            done += await self._apply_batch(batch, ctx)
-            await self.progress(done, self._percent(done, 2))
-
-    async def _apply_batch(self, batch: list[Plan], ctx: Context) -> int:
+        stamp = None if self.dry_run else apply.Stamp.current()
+        pooled = self.runner.pooled(len(inputs))
+        at_once = self.runner.workers + 1 if pooled else 1
+        running: deque[asyncio.Task[Outcome]] = deque()
         try:
-            async with self.db.transaction() as session:
-                counts, problems = await self._write(session, batch, ctx)
-        except IntegrityError:
-            counts, problems = {}, []
-            for p in batch:
-                try:
-                    async with self.db.transaction() as session:
-                        one, found = await self._write(session, [p], ctx)
-                except IntegrityError:
-                    one, found = {}, [Problem(p.number, "", "external_id", "", "is already used by another contact")]
-                for k, n in one.items():
-                    counts[k] = counts.get(k, 0) + n
-                problems += found
-        for action, n in counts.items():
-            self._count(action, n)
-        self.pending_problems += problems
-        self.counts["failed"] += len({p.row for p in problems})
-        await asyncio.sleep(0)
-        return len(batch)
+            for start in range(0, len(inputs), CHUNK):
+                chunk = inputs[start : start + CHUNK]
+                found = {i.number: duplicate[i.number] for i in chunk if i.number in duplicate}
+                job = Chunk(chunk, ctx, found, stamp)
+                running.append(asyncio.create_task(self.runner.run(self.db, self.job_id, job, pooled=pooled)))
+                if len(running) >= at_once:
+                    await self._record(await running.popleft(), pooled=pooled)
+            while running:
+                await self._record(await running.popleft(), pooled=pooled)
+        finally:
+            for task in running:
+                task.cancel()
 
-    async def _write(
-        self, session: AsyncSession, batch: list[Plan], ctx: Context
-    ) -> tuple[dict[str, int], list[Problem]]:
-        """Write one batch; updates are re-planned against the rows read (and locked) here."""
-        writes = apply.Writes()
-        creates = [p for p in batch if p.action == CREATE]
-        updates = [p for p in batch if p.action != CREATE]
-        fresh = await apply.fresh_rows(session, [p.target.id for p in updates if p.action == UPDATE and p.target])
-        versions = await apply.versions(session, [p.target.id for p in updates if p.action == UNCHANGED and p.target])
-        problems: list[Problem] = []
-        to_update: list[Plan] = []
-        counts = {CREATE: 0, UPDATE: 0, UNCHANGED: 0}
-        for p in updates:
-            assert p.target is not None
-            row = fresh.get(p.target.id)
-            version = row.version if row is not None else versions.get(p.target.id)
-            if version is None:
-                problems.append(Problem(p.number, "", "id", p.target.id, "the contact was deleted during the import"))
-                continue
-            if version == p.target.version:
-                if row is not None:
-                    p.target = row
-                    to_update.append(p)
-                else:
-                    counts[UNCHANGED] += 1
-                continue
-            problems.append(
-                Problem(p.number, "", "version", str(version), "the contact changed during the import; run it again")
-            )
-        counts[CREATE] = await apply.create(session, creates, ctx.catalog, writes)
-        await apply.update(session, to_update, writes)
-        counts[UPDATE] = len(to_update)
-        return {k: n for k, n in counts.items() if n}, problems
+    async def _record(self, outcome: Outcome, *, pooled: bool) -> None:
+        for key, n in outcome.counts.items():
+            self.counts[key] += n
+        self.pending_problems += outcome.problems
+        self.processed += outcome.rows
+        self.chunks_done += 1
+        if not self.dry_run and self.chunks_done & (self.chunks_done - 1) == 0:
+            # After 1, 2, 4, 8, ... chunks: the statistics follow a table that grows from nothing.
+            await self.db.analyze("contacts")
+        if pooled and not self.dry_run:
+            outbox.notify_relays()  # a worker process committed events: publish them now, not at the next poll
+        await self.progress(self.processed, self._percent(self.processed))
+
+    def _percent(self, done: int) -> int:
+        return min(99, int(done * 100 / self.total)) if self.total else 100
 
 
 def current_tenant_id() -> str:

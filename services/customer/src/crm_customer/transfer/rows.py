@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from sqlalchemy import select
@@ -27,7 +27,8 @@ from crm.customer.v1 import customer_pb2
 from crm_customer import custom_fields, rules
 from crm_customer.contact_points import email as normalise_email
 from crm_customer.custom_fields import Catalog
-from crm_customer.models import Account, Contact
+from crm_customer.models import Account, Contact, external_id_in
+from crm_customer.names import display_name
 from crm_customer.settings import CustomerSettings
 from crm_customer.transfer.columns import ID, LIST_FIELDS, NAME, Column
 from crm_kit.access import OwnerAccess, can_see
@@ -101,12 +102,31 @@ class RowInput:
         return self.cells.get(name, "").strip()
 
 
+class Snapshot:
+    """A contact's column values as attributes: what planning and `contact_message` read, without an ORM
+    instance (planning may run in a worker process, and a row inserted by a bulk statement has none)."""
+
+    def __init__(self, values: dict[str, Any]) -> None:
+        self.__dict__.update(values)
+
+    def __getattr__(self, name: str) -> Any:  # only called for a name that is not a column: for mypy
+        raise AttributeError(name)
+
+    @property
+    def display_name(self) -> str:
+        return display_name(self.__dict__["first_name"], self.__dict__["last_name"])
+
+
+# What planning reads of a stored contact (not the search document).
+SNAPSHOT_COLUMNS = tuple(c.key for c in Contact.__table__.columns if c.key not in ("search_text", "search_rowid"))
+
+
 @dataclass
 class Plan:
     number: int
     action: str
     values: dict[str, Any] = field(default_factory=dict)
-    target: Contact | None = None
+    target: Any = None  # the contact updated: a Snapshot when planned, the locked ORM row when applied
     before: dict[str, Any] = field(default_factory=dict)
 
 
@@ -118,10 +138,10 @@ class Context:
     catalog: Catalog
     principal: Principal | None
     match_email: bool
-    accounts: set[str] = field(default_factory=set)
-    by_id: dict[str, Contact] = field(default_factory=dict)
-    by_external_id: dict[str, Contact] = field(default_factory=dict)
-    by_email: dict[str, list[Contact]] = field(default_factory=dict)
+    accounts: dict[str, str] = field(default_factory=dict)  # id -> name, of the accounts rows name
+    by_id: dict[str, Snapshot] = field(default_factory=dict)
+    by_external_id: dict[str, Snapshot] = field(default_factory=dict)
+    by_email: dict[str, list[Snapshot]] = field(default_factory=dict)
 
 
 def inputs(columns: Sequence[Column], rows: Iterable[tuple[int, list[str]]]) -> list[RowInput]:
@@ -215,7 +235,7 @@ def _violations(exc: CrmError) -> list[Any]:
     return exc.violations or [type("V", (), {"field": "", "description": exc.message})()]
 
 
-def validate(inp: RowInput, ctx: Context, current: Contact | None) -> tuple[dict[str, Any], Violations]:
+def validate(inp: RowInput, ctx: Context, current: Snapshot | None) -> tuple[dict[str, Any], Violations]:
     """The normalised values of a create (`current` None) or an update, and the row's violations."""
     v = Violations()
     msg, fields, keys = message(inp, ctx.catalog, v, update=current is not None)
@@ -248,7 +268,7 @@ def validate(inp: RowInput, ctx: Context, current: Contact | None) -> tuple[dict
     return values, v
 
 
-def _target(inp: RowInput, ctx: Context, v: Violations) -> Contact | None:
+def _target(inp: RowInput, ctx: Context, v: Violations) -> Snapshot | None:
     contact_id = inp.get(ID)
     external_id = " ".join(inp.get("external_id").split())
     if contact_id:
@@ -322,25 +342,28 @@ def problems(inp: RowInput, v: Violations) -> list[Problem]:
 CHUNK = 500
 
 
-async def _in_chunks(session: AsyncSession, column: Any, values: Iterable[str]) -> list[Contact]:
+async def _in_chunks(session: AsyncSession, column: Any, values: Iterable[str]) -> list[Snapshot]:
     wanted = list(dict.fromkeys(v for v in values if v))
-    rows: list[Contact] = []
+    found: list[Snapshot] = []
+    columns = [getattr(Contact, name) for name in SNAPSHOT_COLUMNS]
     for start in range(0, len(wanted), CHUNK):
-        stmt = select(Contact).where(column.in_(wanted[start : start + CHUNK]))
-        rows.extend((await session.execute(stmt)).scalars())
-    return rows
+        part = wanted[start : start + CHUNK]
+        where = external_id_in(*part) if column is Contact.external_id else column.in_(part)
+        stmt = select(*columns).where(where)
+        found.extend(Snapshot(dict(r._mapping)) for r in (await session.execute(stmt)).all())
+    return found
 
 
-async def load(session: AsyncSession, ctx: Context, batch: Sequence[RowInput]) -> None:
-    """Fill ctx's lookups for one batch of rows (every contact of the tenant, visible or not: planning
-    decides what a caller may do with it)."""
-    ctx.by_id = {r.id: r for r in await _in_chunks(session, Contact.id, (i.get(ID) for i in batch))}
+async def load(session: AsyncSession, ctx: Context, batch: Sequence[RowInput]) -> Context:
+    """A copy of ctx with the lookups one batch of rows needs (every contact of the tenant, visible or not:
+    planning decides what a caller may do with it). Account names accumulate in ctx."""
+    by_id = {r.id: r for r in await _in_chunks(session, Contact.id, (i.get(ID) for i in batch))}
     externals = (" ".join(i.get("external_id").split()) for i in batch)
-    ctx.by_external_id = {r.external_id: r for r in await _in_chunks(session, Contact.external_id, externals)}
-    for row in ctx.by_id.values():
+    by_external_id = {r.external_id: r for r in await _in_chunks(session, Contact.external_id, externals)}
+    for row in by_id.values():
         if row.external_id:
-            ctx.by_external_id.setdefault(row.external_id, row)
-    ctx.by_email = {}
+            by_external_id.setdefault(row.external_id, row)
+    by_email: dict[str, list[Snapshot]] = {}
     if ctx.match_email:
         emails = [
             normalise_email(Violations(), "email", i.get("email"))
@@ -348,11 +371,12 @@ async def load(session: AsyncSession, ctx: Context, batch: Sequence[RowInput]) -
             if i.get("email") and not i.get(ID) and not i.get("external_id")
         ]
         for row in await _in_chunks(session, Contact.email, emails):
-            ctx.by_email.setdefault(row.email, []).append(row)
+            by_email.setdefault(row.email, []).append(row)
     wanted = [a for a in dict.fromkeys(i.get("account_id") for i in batch) if a and a not in ctx.accounts]
     for start in range(0, len(wanted), CHUNK):
-        stmt = select(Account.id).where(Account.id.in_(wanted[start : start + CHUNK]))
-        ctx.accounts.update(str(a) for a in (await session.execute(stmt)).scalars())
+        stmt = select(Account.id, Account.name).where(Account.id.in_(wanted[start : start + CHUNK]))
+        ctx.accounts.update({str(i): str(n) for i, n in (await session.execute(stmt)).all()})
+    return replace(ctx, by_id=by_id, by_external_id=by_external_id, by_email=by_email)
 
 
 def duplicates(batch: Sequence[RowInput]) -> dict[int, list[Problem]]:

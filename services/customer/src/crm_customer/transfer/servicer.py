@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
+from collections.abc import Callable
 
 import grpc
 from sqlalchemy import select
@@ -12,6 +13,7 @@ from sqlalchemy import select
 from crm.customer.v1 import transfer_pb2, transfer_pb2_grpc
 from crm_customer import history
 from crm_customer.transfer import columns, export, jobs, reader
+from crm_customer.transfer.chunks import ChunkRunner
 from crm_customer.transfer.jobs import ImportJob, ImportProblem
 from crm_kit import pagination
 from crm_kit.access import restricted
@@ -24,9 +26,12 @@ REPORT_HEADER = ("row", "column", "field", "value", "problem")
 
 
 class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, *, on_stop: Callable[[Callable[[], None]], None] | None = None) -> None:
         self.db = db
         self.tasks: set[asyncio.Task[None]] = set()  # running jobs (kept referenced until done)
+        self.runner = ChunkRunner()  # reads CUSTOMER_IMPORT_WORKERS: a bad value stops the service starting
+        if on_stop is not None:
+            on_stop(self.runner.close)
 
     async def StartImport(
         self, request: transfer_pb2.StartImportRequest, context: grpc.aio.ServicerContext
@@ -55,7 +60,9 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
             session.add(job)
             await session.flush()
             reply = jobs.job_message(job)
-        run = jobs.Run(self.db, job.id, content, fmt, mapping, request.dry_run, request.match_email)
+        run = jobs.Run(
+            self.db, job.id, content, fmt, mapping, request.dry_run, request.match_email, self.runner
+        )
         task = asyncio.create_task(run(), name=f"import-{job.id}")  # copies the tenant and principal context
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)

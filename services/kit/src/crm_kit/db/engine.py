@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import Session
@@ -38,6 +38,9 @@ def _sqlite_pragmas(dbapi_connection: Any, connection_record: Any) -> None:
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA busy_timeout=10000")
+    # SQLite's default page cache is 2 MB: a table of 100k contacts with its indexes would be read back
+    # from the OS on every write. The cache grows only as pages are used.
+    cursor.execute("PRAGMA cache_size=-65536")
     cursor.close()
 
 
@@ -71,10 +74,41 @@ class Database:
         return self.engine.dialect.name
 
     @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[AsyncSession]:
-        """A session inside one transaction: committed on success, rolled back on any error."""
+    async def transaction(self, *, write: bool = False) -> AsyncIterator[AsyncSession]:
+        """A session inside one transaction: committed on success, rolled back on any error.
+
+        `write`: on SQLite the transaction takes the write lock before its first statement (BEGIN IMMEDIATE),
+        so what it reads cannot change before it writes, even when another process writes the same file
+        (the driver otherwise begins a transaction only at the first write, and reads before it see no lock).
+        PostgreSQL needs nothing: its transactions begin with the first statement, and locks come with
+        SELECT ... FOR UPDATE.
+        """
         async with self.sessions() as session, session.begin():
+            if write and self.dialect == "sqlite":
+                await session.execute(text("BEGIN IMMEDIATE"))
             yield session
+
+    async def analyze(self, *tables: str) -> None:
+        """Refresh the planner statistics of `tables` around a bulk change. Stale statistics (gathered when
+        the table was small, or never) make `tenant_id = ?` look like a few rows, so a lookup of many ids
+        reads the whole tenant through a tenant-led index instead of using the primary key: a bulk load
+        turns quadratic.
+
+        SQLite never gathers statistics by itself, and a connection reads them when it opens, so the pooled
+        connections are replaced (those in use are closed when they come back). On PostgreSQL autovacuum
+        would, a minute or so later; the application role is no owner, so it goes through `crm_analyze`
+        (crm_kit.db.migrations.create_analyze_function)."""
+        if self.dialect == "sqlite":
+            async with self.engine.connect() as connection:
+                await connection.exec_driver_sql("PRAGMA analysis_limit=0")
+                for table in tables:
+                    await connection.exec_driver_sql(f'ANALYZE "{table}"')
+                await connection.commit()
+            await self.engine.dispose()
+        elif self.dialect == "postgresql":
+            async with self.engine.begin() as connection:
+                for table in tables:
+                    await connection.execute(text("SELECT crm_analyze(:t)"), {"t": table})
 
     async def dispose(self) -> None:
         await self.engine.dispose()

@@ -19,6 +19,7 @@ RLS_POLICY = "tenant_isolation"
 # DELETE on them after its blanket grant.
 APPEND_ONLY_TABLES = ("audit_log",)
 AUDIT_REDACT_SIGNATURE = "audit_log_redact(text, text, text[])"
+ANALYZE_SIGNATURE = "crm_analyze(text)"
 
 
 def alembic_config(migrations_dir: Path, url: str, app_role: str = "") -> Config:
@@ -79,6 +80,37 @@ def grant_app_role(connection: Connection, role: str) -> None:
     ).scalar()
     if redact is not None:
         connection.execute(sa.text(f"GRANT EXECUTE ON FUNCTION public.{AUDIT_REDACT_SIGNATURE} TO {quoted}"))
+    analyze = connection.execute(sa.text("SELECT to_regprocedure(:f)"), {"f": f"public.{ANALYZE_SIGNATURE}"}).scalar()
+    if analyze is not None:
+        connection.execute(sa.text(f"GRANT EXECUTE ON FUNCTION public.{ANALYZE_SIGNATURE} TO {quoted}"))
+
+
+def create_analyze_function(op: Operations) -> None:
+    """PostgreSQL: `crm_analyze(table)`, which refreshes a table's planner statistics for the application
+    role (only an owner may ANALYZE; `Database.analyze` calls it after a bulk change, before autovacuum
+    would). It can do nothing else: ANALYZE of one table of the public schema."""
+    if op.get_bind().dialect.name != "postgresql":
+        return
+    op.execute(
+        """
+        CREATE FUNCTION crm_analyze(p_table text)
+        RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public AS $$
+        BEGIN
+            IF to_regclass(format('public.%I', p_table)) IS NULL THEN
+                RAISE EXCEPTION 'no table %', p_table;
+            END IF;
+            EXECUTE format('ANALYZE public.%I', p_table);
+        END
+        $$
+        """
+    )
+    op.execute(f"REVOKE ALL ON FUNCTION {ANALYZE_SIGNATURE} FROM PUBLIC")
+    app_role = _configured_app_role()
+    if app_role:
+        exists = op.get_bind().execute(sa.text("SELECT 1 FROM pg_roles WHERE rolname = :r"), {"r": app_role})
+        if exists.scalar():
+            quoted = op.get_bind().dialect.identifier_preparer.quote(app_role)
+            op.execute(f"GRANT EXECUTE ON FUNCTION {ANALYZE_SIGNATURE} TO {quoted}")
 
 
 def resource_columns() -> list[sa.Column[object]]:

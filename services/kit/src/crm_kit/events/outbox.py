@@ -32,9 +32,14 @@ def remove_commit_listener(callback: Callable[[], None]) -> None:
         _commit_listeners.remove(callback)
 
 
-def _after_commit(session: Session) -> None:
+def notify_relays() -> None:
+    """Events were committed (by this process, or by a worker process it waits for): publish them now."""
     for callback in list(_commit_listeners):
         callback()
+
+
+def _after_commit(session: Session) -> None:
+    notify_relays()
 
 
 def current_traceparent() -> str:
