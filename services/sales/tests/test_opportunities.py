@@ -331,7 +331,7 @@ async def test_contact_names_follow_the_customer_service(
         cpb.CreateContactRequest(contact=cpb.Contact(first_name="伟", last_name="张")), metadata=md
     )
     o = await create(stub, md, contact_id=c.id)
-    assert (o.contact_id, o.contact_name) == (c.id, "伟 张")
+    assert (o.contact_id, o.contact_name) == (c.id, "张伟")
 
     await customer_stub.UpdateContact(
         cpb.UpdateContactRequest(contact=cpb.Contact(id=c.id, first_name="伟强"), update_mask=mask("first_name")),

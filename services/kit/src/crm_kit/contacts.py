@@ -61,8 +61,18 @@ FIELD = "contact_id"
 UNREACHABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 
 
+def name_of(contact: dict[str, Any]) -> str:
+    """A contact's name as people read it, from a contact in an event: the customer service's own
+    `display_name` (张伟, Ada Lovelace), or for an event without one, first and last name."""
+    given = str(contact.get("display_name") or "").strip()
+    if given:
+        return given[:255]
+    return display_name(str(contact.get("first_name", "")), str(contact.get("last_name", "")))[:255]
+
+
 def display_name(first_name: str, last_name: str) -> str:
-    """A contact's name as people read it; the same rule as `crm_customer.models.Contact.display_name`."""
+    """First and last name joined: the fallback of `name_of` (the customer service puts CJK names family
+    name first, without a space, and says so in every event's `display_name`)."""
     return " ".join(p for p in (first_name.strip(), last_name.strip()) if p)
 
 
@@ -168,7 +178,7 @@ class ContactProjection:
             log.debug("contact %s was erased: ignoring %s", contact_id, event.type)
             return
         version = int(contact.get("version") or 0)
-        name = display_name(str(contact.get("first_name", "")), str(contact.get("last_name", "")))[:255]
+        name = name_of(contact)
         deleted = action == "deleted"
 
         stmt = select(self.model).where(self.model.contact_id == contact_id).with_for_update()
@@ -228,7 +238,7 @@ class ContactProjection:
                 return
         person = event.data.get("survivor" if merged else "duplicate")
         if isinstance(person, dict):
-            name = display_name(str(person.get("first_name", "")), str(person.get("last_name", "")))[:255]
+            name = name_of(person)
         else:
             ref = await self.lookup(session, to_id)
             name = ref.display_name if ref is not None else ""
@@ -324,4 +334,4 @@ class ContactVerifier:
                 return ""
             log.error("customer service answered %s verifying contact %s: %s", code.name, contact_id, exc.details())
             raise FailedPrecondition(f"cannot verify contact_id: the customer service answered {code.name}") from None
-        return display_name(contact.first_name, contact.last_name)
+        return contact.display_name or display_name(contact.first_name, contact.last_name)
