@@ -321,3 +321,24 @@ def test_export_then_erase_leaves_no_trace_anywhere(
         assert final["sales"]["contact_ref"] is None and final["analytics"]["contact_view"] is None
     hits = [h for h in scan(platform, PII)]
     assert hits == [], "\n".join(hits)
+
+
+def test_erasing_a_contact_erases_the_duplicates_merged_into_it(platform: Platform, tenant_a: Tenant) -> None:
+    """A duplicate merged away was the same person: its id lives on in audit entries and in the other
+    services' references (an opportunity named it before the merge), and must not keep their name."""
+    first, last, email = "Ottoline", "Merged-Erase", "om@merged-erase.example"
+    with platform.http(tenant_a) as api:
+        survivor = api.post("/api/v1/contacts", json={"first_name": first, "last_name": last}).json()
+        duplicate = api.post(
+            "/api/v1/contacts", json={"first_name": first, "last_name": last, "email": email}
+        ).json()
+        opp = api.post(
+            "/api/v1/opportunities",
+            json={"name": "Deal", "contact_id": duplicate["id"], "amount": "100"},
+        )
+        assert opp.status_code == 201, opp.text
+        r = api.post(f"/api/v1/contacts/{survivor['id']}/merge", json={"duplicate_id": duplicate["id"]})
+        assert r.status_code == 200, r.text
+        r = api.post(f"/api/v1/contacts/{survivor['id']}/erase", json={})
+        assert r.status_code == 200, r.text
+    eventually(lambda: not scan(platform, (last, email)), timeout=60)

@@ -509,6 +509,19 @@ async def export_person(session: AsyncSession, contact_id: str) -> list[dict[str
     return [row_document(r) for r in await list_merges(session, contact_id)]
 
 
+async def absorbed(session: AsyncSession, contact_id: str) -> list[str]:
+    """The contacts merged into this one (and into those, and so on) and not unmerged: the same person."""
+    found: list[str] = []
+    frontier = [contact_id]
+    while frontier:
+        stmt = select(ContactMerge.duplicate_id).where(
+            ContactMerge.survivor_id.in_(frontier), ContactMerge.unmerge_time.is_(None)
+        )
+        frontier = [i for i in (await session.execute(stmt)).scalars() if i != contact_id and i not in found]
+        found += frontier
+    return found
+
+
 async def erase_person(session: AsyncSession, contact_id: str) -> int:
     """Delete the merges the contact took part in (their snapshots hold the person's data) and the
     duplicate pairs naming it."""

@@ -309,16 +309,23 @@ async def erase_contact(session: AsyncSession, contact_id: str) -> Erased:
             )
         )
     await session.flush()
+    from crm_customer import merge
+
+    # Contacts merged into this one were the same person: their ids live on in audit entries and in the
+    # other services' references (before the merge records go, with the person's data in them).
+    absorbed = [i for i in await merge.absorbed(session, contact_id) if await erased_at(session, i) is None]
     report = await PERSONAL_DATA.erase(session, contact_id, when=now)
+    terms = set(report.terms)
     stamp: Any = audit.jsonable(report.erased_at)
-    await audit.record_audit(
-        session, action="erase", entity="contact", entity_id=contact_id, after={"erased_at": stamp}
-    )
-    await record_event(
-        session,
-        source=SOURCE_NAME,
-        type=CONTACT_ERASED,
-        subject=contact_id,
-        data={"contact_id": contact_id, "erased_at": stamp},
-    )
-    return Erased(report.erased_at, False, frozenset(report.terms))
+    for duplicate_id in absorbed:
+        terms |= set((await PERSONAL_DATA.erase(session, duplicate_id, when=now)).terms)
+        await audit.redact_audit(session, entity="contact", entity_id=duplicate_id)
+    for erased_id in [contact_id, *absorbed]:
+        await audit.record_audit(
+            session, action="erase", entity="contact", entity_id=erased_id, after={"erased_at": stamp}
+        )
+        data: dict[str, Any] = {"contact_id": erased_id, "erased_at": stamp}
+        if erased_id != contact_id:
+            data["merged_into"] = contact_id
+        await record_event(session, source=SOURCE_NAME, type=CONTACT_ERASED, subject=erased_id, data=data)
+    return Erased(report.erased_at, False, frozenset(terms))
