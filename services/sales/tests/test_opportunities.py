@@ -340,7 +340,7 @@ async def test_contact_names_follow_the_customer_service(
 
     async def renamed() -> bool:
         current = await stub.GetOpportunity(pb.GetOpportunityRequest(id=o.id), metadata=md)
-        return current.contact_name == "伟强 张" and current.version == 1  # derived copy: no version bump
+        return current.contact_name == "张伟强" and current.version == 1  # derived copy: no version bump
 
     await feed.eventually(renamed)
     assert (await stub.ListOpportunities(pb.ListOpportunitiesRequest(contact_id=c.id), metadata=md)).opportunities[
