@@ -23,12 +23,12 @@ import random
 import time
 from collections.abc import AsyncIterator
 
-import grpc
 import pytest
 
 from crm.customer.v1 import transfer_pb2 as tpb
 from crm.customer.v1 import transfer_pb2_grpc
 from crm_customer.app import SPEC
+from crm_kit.grpc.channels import open_aio_channel
 from crm_kit.runtime import ServiceRuntime
 from crm_kit.testing.databases import DatabaseFactory
 from crm_kit.testing.services import start_service
@@ -114,9 +114,7 @@ async def _import(
 async def test_import_100k_rows(service: ServiceRuntime, db_backend: str, token_issuer: TokenIssuer) -> None:
     content = generate(ROWS)
     md = token_issuer.metadata(TENANT, subject=ADMIN)
-    async with grpc.aio.insecure_channel(
-        f"127.0.0.1:{service.port}", options=[("grpc.max_send_message_length", 64 * 1024 * 1024)]
-    ) as channel:
+    async with open_aio_channel(f"127.0.0.1:{service.port}", large_messages=True) as channel:
         stub = transfer_pb2_grpc.TransferServiceStub(channel)
         print(f"\n[{db_backend}] importing {ROWS:,} rows ({len(content) / 1e6:.1f} MB CSV)")
         job, seconds = await _import(stub, md, content)

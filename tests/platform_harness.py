@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import socket
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,11 +15,11 @@ from typing import Any
 import grpc
 import httpx
 from click.testing import CliRunner
-from werkzeug.serving import BaseWSGIServer, make_server
 
 from crm_analytics.app import SPEC as ANALYTICS
 from crm_customer.app import SPEC as CUSTOMER
 from crm_gateway.cli import cli as crmctl
+from crm_gateway.testing import PASSWORD, serve
 from crm_kit.grpc.channels import open_channel
 from crm_kit.runtime import ServiceRuntime, ServiceSpec
 from crm_kit.testing.databases import DatabaseFactory
@@ -30,7 +29,7 @@ from crm_sales.app import SPEC as SALES
 from crm_servicedesk.app import SPEC as SERVICEDESK
 
 SPECS: tuple[ServiceSpec, ...] = (CUSTOMER, SALES, MARKETING, SERVICEDESK, ANALYTICS)
-PASSWORD = "correct-horse-42"
+
 
 
 def free_port() -> int:
@@ -64,7 +63,7 @@ class Platform:
     runtimes: dict[str, ServiceRuntime] = field(default_factory=dict)
     gateway_url: str = ""
     gateway_env: dict[str, str] = field(default_factory=dict)
-    _server: BaseWSGIServer | None = None
+    _gateway: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
     _channels: dict[str, grpc.Channel] = field(default_factory=dict)
 
     def start(self, monkeypatch: Any) -> None:
@@ -79,20 +78,15 @@ class Platform:
                 monkeypatch.setenv("SERVICEDESK_CUSTOMER_ADDR", f"127.0.0.1:{self.runtimes['customer'].port}")
             urls = self.databases.create(spec.name)
             self.runtimes[spec.name] = self.loop.run(start_service(spec, urls, nats_url=self.nats_url, jwks_url=jwks))
-        gw_db = self.tmp / "gateway.db"
         env = {
-            "GATEWAY_DATABASE_URL": f"sqlite:///{gw_db}",
+            "GATEWAY_DATABASE_URL": f"sqlite:///{self.tmp / 'gateway.db'}",
             "CRM_NATS_URL": self.nats_url,
             **{f"GATEWAY_{name.upper()}_ADDR": f"127.0.0.1:{rt.port}" for name, rt in self.runtimes.items()},
         }
         self.gateway_env = env
         for key, value in env.items():
             monkeypatch.setenv(key, value)
-        from crm_gateway.app import create_app
-
-        self.app = create_app()
-        self._server = make_server("127.0.0.1", gateway_port, self.app, threaded=True)
-        threading.Thread(target=self._server.serve_forever, daemon=True, name="gateway").start()
+        self.app = self._gateway.enter_context(serve(self.gateway_url, env)).app
 
     def crmctl(self, *args: str) -> Any:
         return CliRunner().invoke(crmctl, list(args), env=self.gateway_env, catch_exceptions=False)
@@ -127,8 +121,7 @@ class Platform:
     def stop(self) -> None:
         for ch in self._channels.values():
             ch.close()
-        if self._server is not None:
-            self._server.shutdown()
+        self._gateway.close()
         for rt in reversed(list(self.runtimes.values())):
             with contextlib.suppress(Exception):  # best effort during teardown
                 self.loop.run(rt.stop(), timeout=30)

@@ -5,91 +5,9 @@ tenant); values are a JSON object on contacts and accounts; problems come back a
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
-
-import httpx
 import pytest
-from werkzeug.serving import make_server
 
-from crm_customer.app import SPEC as CUSTOMER
-from crm_gateway import migrations
-from crm_gateway.tenants import create_tenant, create_user
-from crm_kit.testing.databases import DatabaseFactory
-from crm_kit.testing.nats import free_port
-from crm_kit.testing.services import BackgroundLoop, start_service
-
-PASSWORD = "correct-horse-42"
-
-
-@dataclass
-class Gateway:
-    url: str
-    app: Any
-
-    def login(self, slug: str, email: str) -> httpx.Client:
-        r = httpx.post(f"{self.url}/api/v1/auth/token", json={"tenant": slug, "email": email, "password": PASSWORD})
-        assert r.status_code == 200, r.text
-        token = r.json()["access_token"]
-        return httpx.Client(base_url=self.url, headers={"authorization": f"Bearer {token}"}, timeout=20)
-
-
-@pytest.fixture(scope="module")
-def gateway(
-    nats_url: str, database_factory: DatabaseFactory, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Gateway]:
-    """The customer service on a background loop and the real gateway on an HTTP port in front of it."""
-    loop = BackgroundLoop()
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    runtime = loop.run(
-        start_service(
-            CUSTOMER,
-            database_factory.create("customer"),
-            nats_url=nats_url,
-            jwks_url=f"{url}/.well-known/jwks.json",
-        )
-    )
-    gateway_db = Path(tmp_path_factory.mktemp("gateway")) / "gateway.db"
-    mp = pytest.MonkeyPatch()
-    mp.setenv("GATEWAY_DATABASE_URL", f"sqlite:///{gateway_db}")
-    mp.setenv("CRM_NATS_URL", nats_url)
-    mp.setenv("GATEWAY_CUSTOMER_ADDR", f"127.0.0.1:{runtime.port}")
-    migrations.upgrade(f"sqlite:///{gateway_db}")
-    from crm_gateway.app import create_app
-
-    app = create_app()
-    server = make_server("127.0.0.1", port, app, threaded=True)
-    threading.Thread(target=server.serve_forever, daemon=True, name="gateway").start()
-    try:
-        yield Gateway(url, app)
-    finally:
-        server.shutdown()
-        loop.run(runtime.stop(), timeout=30)
-        loop.close()
-        mp.undo()
-
-
-@dataclass
-class People:
-    admin: httpx.Client
-    manager: httpx.Client
-    member: httpx.Client
-
-
-def people(gateway: Gateway, slug: str) -> People:
-    db = gateway.app.extensions["crm_gateway"].db
-    created = create_tenant(
-        db, slug=slug, name=slug, admin_email=f"admin@{slug}.example.com", admin_password=PASSWORD, cell="default"
-    )
-    for role in ("manager", "member"):
-        create_user(
-            db, tenant_id=created.tenant.id, email=f"{role}@{slug}.example.com", password=PASSWORD, roles=[role]
-        )
-    return People(*(gateway.login(slug, f"{role}@{slug}.example.com") for role in ("admin", "manager", "member")))
+from crm_gateway.testing import Gateway, People, people, problem_fields
 
 
 @pytest.fixture(scope="module")
@@ -100,11 +18,6 @@ def acme(gateway: Gateway) -> People:
 @pytest.fixture(scope="module")
 def globex(gateway: Gateway) -> People:
     return people(gateway, "cf-globex")
-
-
-def fields_named(response: httpx.Response) -> set[str]:
-    assert response.headers["content-type"].startswith("application/problem+json"), response.text
-    return {e["field"] for e in response.json().get("errors", [])}
 
 
 SEGMENT = {
@@ -136,11 +49,11 @@ def test_definitions_are_a_resource_only_admins_change(acme: People) -> None:
     assert acme.member.delete(f"/api/v1/custom-fields/{body['id']}").status_code == 403
     renamed = acme.admin.patch(f"/api/v1/custom-fields/{body['id']}", json={"label": "Tier", "version": 1})
     assert renamed.status_code == 200 and renamed.json()["label"] == "Tier"
-    assert fields_named(acme.admin.post("/api/v1/custom-fields", json=SEGMENT)) == {"key"}  # 409: taken
+    assert problem_fields(acme.admin.post("/api/v1/custom-fields", json=SEGMENT)) == {"key"}  # 409: taken
     bad = acme.admin.post("/api/v1/custom-fields", json={**SEGMENT, "key": "Bad Key", "type": "colour"})
-    assert bad.status_code == 400 and fields_named(bad) == {"key", "type"}
+    assert bad.status_code == 400 and problem_fields(bad) == {"key", "type"}
     immutable = acme.admin.patch(f"/api/v1/custom-fields/{body['id']}", json={"type": "text"})
-    assert immutable.status_code == 400 and fields_named(immutable) == {"update_mask"}
+    assert immutable.status_code == 400 and problem_fields(immutable) == {"update_mask"}
     openapi = acme.admin.get("/api/v1/openapi.json").json()
     assert "Requires the admin role" in openapi["paths"]["/api/v1/custom-fields"]["post"]["description"]
     assert "admin" not in openapi["paths"]["/api/v1/custom-fields"]["get"].get("description", "")
@@ -177,7 +90,7 @@ def test_values_are_a_json_object_validated_and_filterable(acme: People) -> None
         },
     )
     assert wrong.status_code == 400
-    assert fields_named(wrong) == {
+    assert problem_fields(wrong) == {
         "custom_fields.score",
         "custom_fields.renewal",
         "custom_fields.vip",
@@ -191,7 +104,7 @@ def test_values_are_a_json_object_validated_and_filterable(acme: People) -> None
     assert replaced.json()["custom_fields"] == {"note": "only this"}
     assert replaced.headers["ETag"] == '"2"'
     dropped_required = admin.patch(f"/api/v1/contacts/{contact_id}", json={"custom_fields": {"score": 1}})
-    assert dropped_required.status_code == 400 and fields_named(dropped_required) == {"custom_fields.note"}
+    assert dropped_required.status_code == 400 and problem_fields(dropped_required) == {"custom_fields.note"}
 
     def listed(*conditions: str) -> list[str]:
         r = admin.get("/api/v1/contacts", params=[("custom_filter", c) for c in conditions])
@@ -203,7 +116,7 @@ def test_values_are_a_json_object_validated_and_filterable(acme: People) -> None
     assert listed("note!=", "score<1") == []
     assert listed("score=") == ["Wang"]
     bad_filter = admin.get("/api/v1/contacts", params=[("custom_filter", "score>=1"), ("custom_filter", "vip=maybe")])
-    assert bad_filter.status_code == 400 and fields_named(bad_filter) == {"custom_filter[1]"}
+    assert bad_filter.status_code == 400 and problem_fields(bad_filter) == {"custom_filter[1]"}
 
 
 def test_another_tenants_definitions_are_invisible(acme: People, globex: People) -> None:
@@ -225,7 +138,7 @@ def test_another_tenants_definitions_are_invisible(acme: People, globex: People)
     ok = globex.admin.post("/api/v1/accounts", json={"name": "G", "custom_fields": {"budget": "low"}})
     assert ok.status_code == 201, ok.text
     refused = globex.admin.post("/api/v1/accounts", json={"name": "G", "custom_fields": {"budget": 10}})
-    assert refused.status_code == 400 and fields_named(refused) == {"custom_fields.budget"}
+    assert refused.status_code == 400 and problem_fields(refused) == {"custom_fields.budget"}
     acme_account = acme.admin.post("/api/v1/accounts", json={"name": "A", "custom_fields": {"budget": 10}})
     assert acme_account.status_code == 201, acme_account.text
     found = globex.admin.get("/api/v1/accounts", params={"custom_filter": "budget=low"}).json()["items"]

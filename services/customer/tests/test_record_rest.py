@@ -4,88 +4,9 @@ field, `GET /contacts/{id}/history`, and `GET/PATCH /customer-settings` for admi
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
-
-import httpx
 import pytest
-from werkzeug.serving import make_server
 
-from crm_customer.app import SPEC as CUSTOMER
-from crm_gateway import migrations
-from crm_gateway.tenants import create_tenant, create_user
-from crm_kit.testing.databases import DatabaseFactory
-from crm_kit.testing.nats import free_port
-from crm_kit.testing.services import BackgroundLoop, start_service
-
-PASSWORD = "correct-horse-42"
-
-
-@dataclass
-class Gateway:
-    url: str
-    app: Any
-
-    def login(self, slug: str, email: str) -> httpx.Client:
-        r = httpx.post(f"{self.url}/api/v1/auth/token", json={"tenant": slug, "email": email, "password": PASSWORD})
-        assert r.status_code == 200, r.text
-        token = r.json()["access_token"]
-        return httpx.Client(base_url=self.url, headers={"authorization": f"Bearer {token}"}, timeout=20)
-
-
-@pytest.fixture(scope="module")
-def gateway(
-    nats_url: str, database_factory: DatabaseFactory, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Gateway]:
-    """The customer service on a background loop and the real gateway on an HTTP port in front of it."""
-    loop = BackgroundLoop()
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    runtime = loop.run(
-        start_service(
-            CUSTOMER, database_factory.create("record-rest"), nats_url=nats_url, jwks_url=f"{url}/.well-known/jwks.json"
-        )
-    )
-    gateway_db = Path(tmp_path_factory.mktemp("gateway")) / "gateway.db"
-    mp = pytest.MonkeyPatch()
-    mp.setenv("GATEWAY_DATABASE_URL", f"sqlite:///{gateway_db}")
-    mp.setenv("CRM_NATS_URL", nats_url)
-    mp.setenv("GATEWAY_CUSTOMER_ADDR", f"127.0.0.1:{runtime.port}")
-    migrations.upgrade(f"sqlite:///{gateway_db}")
-    from crm_gateway.app import create_app
-
-    app = create_app()
-    server = make_server("127.0.0.1", port, app, threaded=True)
-    threading.Thread(target=server.serve_forever, daemon=True, name="gateway").start()
-    try:
-        yield Gateway(url, app)
-    finally:
-        server.shutdown()
-        loop.run(runtime.stop(), timeout=30)
-        loop.close()
-        mp.undo()
-
-
-@dataclass
-class People:
-    admin: httpx.Client
-    manager: httpx.Client
-    member: httpx.Client
-
-
-def people(gateway: Gateway, slug: str) -> People:
-    db = gateway.app.extensions["crm_gateway"].db
-    created = create_tenant(
-        db, slug=slug, name=slug, admin_email=f"admin@{slug}.example.com", admin_password=PASSWORD, cell="default"
-    )
-    for role in ("manager", "member"):
-        create_user(
-            db, tenant_id=created.tenant.id, email=f"{role}@{slug}.example.com", password=PASSWORD, roles=[role]
-        )
-    return People(*(gateway.login(slug, f"{role}@{slug}.example.com") for role in ("admin", "manager", "member")))
+from crm_gateway.testing import Gateway, People, people, problem_fields
 
 
 @pytest.fixture(scope="module")
@@ -96,11 +17,6 @@ def acme(gateway: Gateway) -> People:
 @pytest.fixture(scope="module")
 def globex(gateway: Gateway) -> People:
     return people(gateway, "rec-globex")
-
-
-def fields_named(response: httpx.Response) -> set[str]:
-    assert response.headers["content-type"].startswith("application/problem+json"), response.text
-    return {e["field"] for e in response.json().get("errors", [])}
 
 
 def test_the_record_as_json(acme: People) -> None:
@@ -135,7 +51,7 @@ def test_the_record_as_json(acme: People) -> None:
         json={"last_name": "X", "phones": [{"number": "1"}], "birthday": "2999-01-01", "gender": "robot"},
     )
     assert bad.status_code == 400
-    assert {"phones[0].number", "birthday", "gender"} <= fields_named(bad)
+    assert {"phones[0].number", "birthday", "gender"} <= problem_fields(bad)
 
     params = [("tags", "重要"), ("tags", "深圳"), ("q", "张伟"), ("order_by", "-update_time,last_name")]
     found = acme.admin.get("/api/v1/contacts", params=params)
@@ -149,13 +65,13 @@ def test_the_record_as_json(acme: People) -> None:
         ({"classification": "vip"}, "classification"),
     ):
         r = acme.admin.get("/api/v1/contacts", params=params_bad)
-        assert r.status_code == 400 and field in fields_named(r), r.text
+        assert r.status_code == 400 and field in problem_fields(r), r.text
 
     history = acme.admin.get(f"/api/v1/contacts/{c['id']}/history", params={"field": "lifecycle_stage"})
     assert history.status_code == 200, history.text
     changes = history.json()["changes"]
     assert [(h["old_value"], h["new_value"]) for h in changes] == [("prospect", "customer"), ("", "prospect")]
-    assert fields_named(acme.admin.get(f"/api/v1/contacts/{c['id']}/history", params={"field": "email"})) == {"field"}
+    assert problem_fields(acme.admin.get(f"/api/v1/contacts/{c['id']}/history", params={"field": "email"})) == {"field"}
 
 
 def test_history_is_not_found_across_tenants(acme: People, globex: People) -> None:
@@ -182,9 +98,9 @@ def test_settings_for_admins_only(acme: People) -> None:
         "CN",
         1,
     )
-    assert fields_named(acme.admin.patch("/api/v1/customer-settings", json={"default_phone_region": "XX"})) == {
+    assert problem_fields(acme.admin.patch("/api/v1/customer-settings", json={"default_phone_region": "XX"})) == {
         "default_phone_region"
     }
-    assert fields_named(acme.admin.patch("/api/v1/customer-settings", json={"colour": "red"})) == {"colour"}
+    assert problem_fields(acme.admin.patch("/api/v1/customer-settings", json={"colour": "red"})) == {"colour"}
     named = acme.admin.post("/api/v1/contacts", json={"first_name": "jean", "last_name": "DUPONT"}).json()
     assert named["display_name"] == "Jean Dupont"

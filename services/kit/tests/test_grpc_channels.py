@@ -11,6 +11,7 @@ import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from crm_kit.grpc.channels import SERVICE_CONFIG, channel_options, open_channel
+from crm_kit.grpc.server import MAX_MESSAGE_BYTES
 
 
 def free_port() -> int:
@@ -62,7 +63,25 @@ def test_only_unavailable_is_retried() -> None:
     assert ("grpc.service_config", SERVICE_CONFIG) in channel_options()
 
 
-def test_large_messages_raise_both_limits() -> None:
-    small, large = dict(channel_options()), dict(channel_options(large_messages=True))
-    assert "grpc.max_send_message_length" not in small
-    assert large["grpc.max_send_message_length"] == large["grpc.max_receive_message_length"] == 64 * 1024 * 1024
+def test_large_messages_carry_a_file_and_small_channels_refuse_it() -> None:
+    # An import upload and an export download travel as one message; gRPC's default limit is 4 MiB.
+    port = free_port()
+    echo = grpc.method_handlers_generic_handler(
+        "test.Echo", {"Echo": grpc.unary_unary_rpc_method_handler(lambda request, context: request)}
+    )
+    limits = [
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ]
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2), handlers=[echo], options=limits)
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    server.start()
+    payload = b"x" * (8 * 1024 * 1024)
+    try:
+        with open_channel(f"127.0.0.1:{port}", large_messages=True) as large:
+            assert large.unary_unary("/test.Echo/Echo")(payload, timeout=30) == payload
+        with open_channel(f"127.0.0.1:{port}") as small, pytest.raises(grpc.RpcError) as refused:
+            small.unary_unary("/test.Echo/Echo")(payload, timeout=30)
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    finally:
+        server.stop(grace=None).wait()

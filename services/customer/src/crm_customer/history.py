@@ -15,13 +15,12 @@ from sqlalchemy.orm import Mapped, mapped_column
 import crm_kit.pagination as pagination
 from crm.customer.v1 import customer_pb2
 from crm_customer.models import Base, Contact
-from crm_kit.context import current_actor, current_principal
+from crm_kit import audit
 from crm_kit.db.base import TenantScoped, UtcDateTime, utcnow
 from crm_kit.db.ids import uuid7
 from crm_kit.errors import InvalidArgument
 
 TRACKED = ("owner_id", "classification", "lifecycle_stage")
-SYSTEM_ACTOR = "system"
 
 
 class ContactFieldChange(Base, TenantScoped):
@@ -38,17 +37,15 @@ class ContactFieldChange(Base, TenantScoped):
 
 
 def actor() -> str:
-    principal = current_principal()
-    if principal is not None and principal.subject:
-        return principal.subject[:128]
-    return (current_actor() or SYSTEM_ACTOR)[:128]
+    return audit.actor_name()
 
 
-def record(session: AsyncSession, row: Contact, before: Mapping[str, Any], *, created: bool = False) -> None:
-    """Add the history rows of one write to the session: for a create every tracked field, for an update
-    the tracked fields in `before` ({field: previous value}, as ResourceStore.update returns it)."""
-    who = actor()
-    now = utcnow()
+def change_rows(
+    row: Any, before: Mapping[str, Any], *, created: bool, actor: str, now: datetime
+) -> list[dict[str, Any]]:
+    """The history rows of one write (without tenant): for a create every tracked field with a value, for an
+    update the tracked fields in `before` ({field: previous value}, as ResourceStore.update returns it)."""
+    out: list[dict[str, Any]] = []
     for field in TRACKED:
         if created:
             old, new = "", str(getattr(row, field))
@@ -58,17 +55,24 @@ def record(session: AsyncSession, row: Contact, before: Mapping[str, Any], *, cr
             old, new = str(before[field] or ""), str(getattr(row, field))
         else:
             continue
-        session.add(
-            ContactFieldChange(
-                id=uuid7(),
-                contact_id=row.id,
-                field=field,
-                old_value=old[:255],
-                new_value=new[:255],
-                actor=who,
-                change_time=now,
-            )
+        out.append(
+            {
+                "id": uuid7(),
+                "contact_id": row.id,
+                "field": field,
+                "old_value": old[:255],
+                "new_value": new[:255],
+                "actor": actor,
+                "change_time": now,
+            }
         )
+    return out
+
+
+def record(session: AsyncSession, row: Contact, before: Mapping[str, Any], *, created: bool = False) -> None:
+    """Add the history rows of one write to the session (see `change_rows`)."""
+    for values in change_rows(row, before, created=created, actor=actor(), now=utcnow()):
+        session.add(ContactFieldChange(**values))
 
 
 def change_message(row: ContactFieldChange) -> customer_pb2.ContactFieldChange:

@@ -101,6 +101,41 @@ def current_trace_id() -> str:
     return format(ctx.trace_id, "032x") if ctx.is_valid else ""
 
 
+def actor_name() -> str:
+    """Who acts: the caller, else the actor the code runs as (a consumer), else the system."""
+    principal = current_principal()
+    if principal is not None and principal.subject:
+        return principal.subject[:128]
+    return (current_actor() or SYSTEM_ACTOR)[:128]
+
+
+def entry_row(
+    *,
+    action: str,
+    entity: str,
+    entity_id: str,
+    before: Any,
+    after: Any,
+    actor: str,
+    roles: Iterable[str],
+    trace_id: str,
+) -> dict[str, Any]:
+    """An audit entry as column values, `before`/`after` JSON already (for a bulk insert, with a tenant_id;
+    `record_audit` adds one)."""
+    return {
+        "id": uuid7(),
+        "time": utcnow(),
+        "actor": actor[:128],
+        "actor_roles": list(roles),
+        "action": action,
+        "entity": entity,
+        "entity_id": entity_id,
+        "before": before,
+        "after": after,
+        "trace_id": trace_id,
+    }
+
+
 async def record_audit(
     session: AsyncSession,
     *,
@@ -117,19 +152,17 @@ async def record_audit(
     a delete); values are converted to JSON. The actor defaults to the caller (see the module docstring),
     the tenant is the one in context (the tenant guard raises without one)."""
     principal = current_principal()
-    if actor is None:
-        actor = principal.subject if principal is not None else (current_actor() or SYSTEM_ACTOR)
     entry = AuditEntry(
-        id=uuid7(),
-        time=utcnow(),
-        actor=actor[:128],
-        actor_roles=list(principal.roles) if principal is not None else [],
-        action=action,
-        entity=entity,
-        entity_id=entity_id,
-        before=jsonable(before) if before is not None else None,
-        after=jsonable(after) if after is not None else None,
-        trace_id=current_trace_id(),
+        **entry_row(
+            action=action,
+            entity=entity,
+            entity_id=entity_id,
+            before=jsonable(before) if before is not None else None,
+            after=jsonable(after) if after is not None else None,
+            actor=actor if actor is not None else actor_name(),
+            roles=principal.roles if principal is not None else (),
+            trace_id=current_trace_id(),
+        )
     )
     session.add(entry)
     return entry

@@ -15,7 +15,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import event as sa_event
 from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -28,10 +27,8 @@ from crm_customer.transfer.rows import Plan, Snapshot
 from crm_kit import audit
 from crm_kit.context import current_principal, require_tenant
 from crm_kit.db.base import utcnow
-from crm_kit.db.ids import uuid7
-from crm_kit.db.system_tables import PENDING, OutboxMessage
+from crm_kit.db.system_tables import OutboxMessage
 from crm_kit.events import outbox
-from crm_kit.events.envelope import Event
 from crm_kit.protos import to_dict
 
 SOURCE = "crm.customer"
@@ -70,87 +67,37 @@ class Writes:
     """The outbox, audit and history rows of one batch, inserted together at the end."""
 
     def __init__(self, stamp: Stamp | None = None) -> None:
-        stamp = stamp or Stamp.current()
-        self.tenant = stamp.tenant
-        self.actor = stamp.actor
-        self.roles = list(stamp.roles)
-        self.trace_id = stamp.trace_id
-        self.traceparent = stamp.traceparent
+        self.stamp = stamp or Stamp.current()
         self.events: list[dict[str, Any]] = []
         self.audits: list[dict[str, Any]] = []
         self.changes: list[dict[str, Any]] = []
 
     def event(self, type_: str, row: Contact, data: dict[str, Any]) -> None:
-        now = utcnow()
-        evt = Event(
-            id=uuid7(),
-            source=SOURCE,
-            type=type_,
-            subject=row.id,
-            time=now,
-            tenant_id=self.tenant,
-            data=data,
-            traceparent=self.traceparent,
-        )
+        stamp = self.stamp
         self.events.append(
-            {
-                "id": evt.id,
-                "tenant_id": self.tenant,
-                "subject": evt.nats_subject,
-                "type": type_,
-                "payload": evt.to_json().decode("utf-8"),
-                "traceparent": self.traceparent,
-                "status": PENDING,
-                "attempts": 0,
-                "next_attempt_at": now,
-                "created_at": now,
-                "sent_at": None,
-                "last_error": "",
-            }
+            outbox.outbox_row(
+                tenant=stamp.tenant, source=SOURCE, type=type_, subject=row.id, data=data, traceparent=stamp.traceparent
+            )
         )
 
     def audit(self, action: str, row: Contact, before: Any, after: Any, *, plain: bool = False) -> None:
         """`plain`: `after` is JSON already (a message as a dict)."""
-        self.audits.append(
-            {
-                "id": uuid7(),
-                "tenant_id": self.tenant,
-                "time": utcnow(),
-                "actor": self.actor,
-                "actor_roles": self.roles,
-                "action": action,
-                "entity": "contact",
-                "entity_id": row.id,
-                "before": audit.jsonable(before) if before is not None else None,
-                "after": after if plain or after is None else audit.jsonable(after),
-                "trace_id": self.trace_id,
-            }
+        stamp = self.stamp
+        entry = audit.entry_row(
+            action=action,
+            entity="contact",
+            entity_id=row.id,
+            before=audit.jsonable(before) if before is not None else None,
+            after=after if plain or after is None else audit.jsonable(after),
+            actor=stamp.actor,
+            roles=stamp.roles,
+            trace_id=stamp.trace_id,
         )
+        self.audits.append({**entry, "tenant_id": stamp.tenant})
 
     def history(self, row: Contact, before: dict[str, Any], *, created: bool) -> None:
-        now = utcnow()
-        for name in history.TRACKED:
-            if created:
-                old, new = "", str(getattr(row, name))
-                if not new:
-                    continue
-            elif name in before:
-                old, new = str(before[name] or ""), str(getattr(row, name))
-            else:
-                continue
-
-            self.changes.append(
-                {
-                    "id": uuid7(),
-                    "tenant_id": self.tenant,
-                    "contact_id": row.id,
-                    "field": name,
-                    "old_value": old[:255],
-                    "new_value": new[:255],
-                    "actor": self.actor,
-                    "change_time": now,
-                }
-            )
+        rows = history.change_rows(row, before, created=created, actor=self.stamp.actor, now=utcnow())
+        self.changes += [{**values, "tenant_id": self.stamp.tenant} for values in rows]
 
     async def flush(self, session: AsyncSession) -> None:
         await insert_side_rows(session, self.events, self.audits, self.changes)
@@ -166,9 +113,7 @@ async def insert_side_rows(
     """The outbox, audit and history rows of a batch (the relay is woken when the transaction commits)."""
     if events:
         await session.execute(insert(_table(OutboxMessage)), events)
-        sync = session.sync_session
-        if not sa_event.contains(sync, "after_commit", outbox._after_commit):
-            sa_event.listen(sync, "after_commit", outbox._after_commit)
+        outbox.wake_relays_on_commit(session)
     if audits:
         await session.execute(insert(_table(audit.AuditEntry)), audits)
     if changes:

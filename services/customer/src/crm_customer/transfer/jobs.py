@@ -30,7 +30,7 @@ from crm_customer.models import Base
 from crm_customer.transfer import apply, columns, reader, rows
 from crm_customer.transfer.chunks import Chunk, ChunkRunner, Outcome
 from crm_customer.transfer.rows import Context, Problem
-from crm_kit.context import current_principal
+from crm_kit.context import current_principal, require_tenant
 from crm_kit.db import Database, Resource, TenantScoped
 from crm_kit.db.base import UtcDateTime, utcnow
 from crm_kit.errors import CrmError
@@ -150,7 +150,7 @@ class Run:
                 self.problem_seq += 1
                 rows_.append(
                     {
-                        "tenant_id": current_tenant_id(),
+                        "tenant_id": require_tenant(),
                         "job_id": self.job_id,
                         "seq": self.problem_seq,
                         "row": p.row,
@@ -261,12 +261,6 @@ class Run:
 
     def _percent(self, done: int) -> int:
         return min(99, int(done * 100 / self.total)) if self.total else 100
-
-
-def current_tenant_id() -> str:
-    from crm_kit.context import require_tenant
-
-    return require_tenant()
 
 
 async def count_problems(session: AsyncSession, job_id: str) -> int:

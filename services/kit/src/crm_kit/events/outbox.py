@@ -49,6 +49,47 @@ def current_traceparent() -> str:
     return carrier.get("traceparent", "")
 
 
+def outbox_row(
+    *, tenant: str, source: str, type: str, subject: str, data: dict[str, Any], traceparent: str
+) -> dict[str, Any]:
+    """The outbox row of one new event, as column values (for a bulk insert; `record_event` adds one)."""
+    event = Event(
+        id=uuid7(),
+        source=source,
+        type=type,
+        subject=subject,
+        time=utcnow(),
+        tenant_id=tenant,
+        data=data,
+        traceparent=traceparent,
+    )
+    return row_of(event)
+
+
+def row_of(event: Event) -> dict[str, Any]:
+    return {
+        "id": event.id,
+        "tenant_id": event.tenant_id,
+        "subject": event.nats_subject,  # validates the type and the tenant id
+        "type": event.type,
+        "payload": event.to_json().decode("utf-8"),
+        "traceparent": event.traceparent,
+        "status": PENDING,
+        "attempts": 0,
+        "next_attempt_at": event.time,
+        "created_at": event.time,
+        "sent_at": None,
+        "last_error": "",
+    }
+
+
+def wake_relays_on_commit(session: AsyncSession) -> None:
+    """Publish at once when the session's transaction commits, not at the relay's next poll."""
+    sync_session = session.sync_session
+    if not sa_event.contains(sync_session, "after_commit", _after_commit):
+        sa_event.listen(sync_session, "after_commit", _after_commit)
+
+
 async def record_event(
     session: AsyncSession,
     *,
@@ -62,35 +103,16 @@ async def record_event(
     `source` names the producer (e.g. `crm/customer`), `type` is `crm.<context>.<entity>.<action>`.
     The tenant is the one in context; raises `NoTenantError` without one.
     """
-    tenant = require_tenant()
-    now = utcnow()
     event = Event(
         id=uuid7(),
         source=source,
         type=type,
         subject=subject,
-        time=now,
-        tenant_id=tenant,
+        time=utcnow(),
+        tenant_id=require_tenant(),
         data=data,
         traceparent=current_traceparent(),
     )
-    nats_subject = event.nats_subject  # validates the type and the tenant id
-    session.add(
-        OutboxMessage(
-            id=event.id,
-            tenant_id=tenant,
-            subject=nats_subject,
-            type=type,
-            payload=event.to_json().decode("utf-8"),
-            traceparent=event.traceparent,
-            status=PENDING,
-            attempts=0,
-            next_attempt_at=now,
-            created_at=now,
-            last_error="",
-        )
-    )
-    sync_session = session.sync_session
-    if not sa_event.contains(sync_session, "after_commit", _after_commit):
-        sa_event.listen(sync_session, "after_commit", _after_commit)
+    session.add(OutboxMessage(**row_of(event)))
+    wake_relays_on_commit(session)
     return event
