@@ -8,9 +8,11 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
+import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import grpc
@@ -22,6 +24,10 @@ from crm.customer.v1 import custom_fields_pb2_grpc, customer_pb2_grpc, transfer_
 from crm.customer.v1 import customer_pb2 as pb
 from crm.customer.v1 import transfer_pb2 as tpb
 from crm_customer.app import SPEC
+from crm_customer.transfer import reader
+from crm_customer.transfer.jobs import ImportJob
+from crm_kit import liveness
+from crm_kit.context import tenant_scope
 from crm_kit.runtime import ServiceRuntime
 from crm_kit.testing.databases import DatabaseFactory
 from crm_kit.testing.nats import NatsServer
@@ -82,12 +88,7 @@ async def run_import(stubs: Stubs, md: Metadata, content: bytes, **kwargs: Any) 
     kwargs.setdefault("filename", "contacts.csv")
     job = await stubs.transfer.StartImport(tpb.StartImportRequest(content=content, **kwargs), metadata=md)
     assert job.status in ("queued", "running")
-    for _ in range(600):
-        job = await stubs.transfer.GetImportJob(tpb.GetImportJobRequest(id=job.id), metadata=md)
-        if job.status in DONE:
-            return job
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"job {job.id} did not finish: {job}")
+    return await run_import_done(stubs, md, job.id)
 
 
 async def contacts(stubs: Stubs, md: Metadata, **filters: Any) -> list[pb.Contact]:
@@ -382,9 +383,7 @@ async def stored(stubs: Stubs, md: Metadata) -> dict[str, tuple[Any, ...]]:
     out: dict[str, tuple[Any, ...]] = {}
     token = ""
     while True:
-        reply = await stubs.contacts.ListContacts(
-            pb.ListContactsRequest(page_size=500, page_token=token), metadata=md
-        )
+        reply = await stubs.contacts.ListContacts(pb.ListContactsRequest(page_size=500, page_token=token), metadata=md)
         for c in reply.contacts:
             out[c.external_id] = (c.first_name, c.last_name, c.email, c.phone, tuple(c.tags), c.classification)
         token = reply.next_page_token
@@ -440,3 +439,65 @@ async def test_a_large_file_gives_the_same_result_in_worker_processes_and_inline
     finally:
         await rt.stop()
         nats.stop()
+
+
+async def test_a_job_keeps_beating_while_it_works_and_a_dead_one_is_reported_failed(
+    stubs: Stubs, customer: ServiceRuntime, token_issuer: TokenIssuer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A run keeps its job alive even through a phase that saves no progress (reading a slow file): with
+    # beats every 50 ms and a job dead after 300 ms of silence, a 1.2 s read still shows "running".
+    monkeypatch.setattr(liveness, "HEARTBEAT_SECONDS", 0.05)
+    monkeypatch.setattr(liveness, "STALE_AFTER", timedelta(milliseconds=300))
+    read = reader.read
+
+    def slow_read(fmt: str, content: bytes) -> Any:
+        time.sleep(1.2)
+        return read(fmt, content)
+
+    monkeypatch.setattr(reader, "read", slow_read)
+    t = tenant()
+    md = admin(token_issuer, t)
+    content = csv_bytes([["external_id", "first_name"], ["beat-1", "Ada"]])
+    job = await stubs.transfer.StartImport(tpb.StartImportRequest(content=content, filename="a.csv"), metadata=md)
+    await asyncio.sleep(0.8)
+    seen = await stubs.transfer.GetImportJob(tpb.GetImportJobRequest(id=job.id), metadata=md)
+    assert seen.status == "running", seen.error
+    done = await run_import_done(stubs, md, job.id)
+    assert (done.status, done.created) == ("succeeded", 1)
+
+    # A job whose process died mid-run (no beat for longer than STALE_AFTER) is reported failed, once,
+    # with where it stopped; a finished job is never touched.
+    with tenant_scope(t):
+        async with customer.db.transaction() as session:
+            dead = ImportJob(
+                id=str(uuid.uuid4()),
+                status="running",
+                format="csv",
+                filename="big.csv",
+                total_rows=100_000,
+                processed_rows=41_000,
+                actor="0190a5f2-0000-7000-8000-000000000001",
+                error="",
+            )
+            session.add(dead)
+            await session.flush()
+            dead.update_time = datetime.now(UTC) - timedelta(seconds=1)
+    failed = await stubs.transfer.GetImportJob(tpb.GetImportJobRequest(id=dead.id), metadata=md)
+    assert failed.status == "failed"
+    assert "interrupted" in failed.error and "41000 of 100000 rows" in failed.error
+    assert failed.HasField("finish_time")
+    again = await stubs.transfer.GetImportJob(tpb.GetImportJobRequest(id=job.id), metadata=md)
+    assert again.status == "succeeded"
+    # Another tenant cannot see it, dead or alive.
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stubs.transfer.GetImportJob(tpb.GetImportJobRequest(id=dead.id), metadata=admin(token_issuer, tenant()))
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def run_import_done(stubs: Stubs, md: Metadata, job_id: str) -> tpb.ImportJob:
+    for _ in range(600):
+        job = await stubs.transfer.GetImportJob(tpb.GetImportJobRequest(id=job_id), metadata=md)
+        if job.status in DONE:
+            return job
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"job {job_id} did not finish")

@@ -134,9 +134,7 @@ class Created:
     changes: list[dict[str, Any]] = field(default_factory=list)
 
 
-def build_creates(
-    plans: Sequence[Plan], catalog: Catalog, companies: dict[str, str], stamp: Stamp
-) -> list[Created]:
+def build_creates(plans: Sequence[Plan], catalog: Catalog, companies: dict[str, str], stamp: Stamp) -> list[Created]:
     """The rows of the contacts `plans` create (all creates), one `Created` per plan, in order."""
     if not plans:
         return []

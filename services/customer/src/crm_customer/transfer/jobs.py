@@ -7,7 +7,9 @@ writing). A large file's chunks run in worker processes, several at once (crm_cu
 A row is never half-applied, and problems are stored as they are found.
 
 The job row is updated after every chunk (status, counts, progress), so GetImportJob shows progress from
-any replica. The run itself is an asyncio task of the replica that accepted the upload.
+any replica. The run itself is an asyncio task of the replica that accepted the upload; it keeps the row's
+update_time fresh (crm_kit.liveness), so a job whose process died is reported failed (`settle`), not
+"running" forever.
 """
 
 from __future__ import annotations
@@ -35,10 +37,12 @@ from crm_kit.db import Database, Resource, TenantScoped
 from crm_kit.db.base import UtcDateTime, utcnow
 from crm_kit.errors import CrmError
 from crm_kit.events import outbox
+from crm_kit.liveness import INTERRUPTED, heartbeat, is_stale
 
 log = logging.getLogger("crm_customer.transfer")
 
 QUEUED, RUNNING, SUCCEEDED, FAILED, WITH_ERRORS = "queued", "running", "succeeded", "failed", "completed_with_errors"
+ACTIVE = (QUEUED, RUNNING)
 CHUNK = 1000  # rows loaded, planned and written together (one write transaction)
 FIRST_PROBLEMS = 100
 
@@ -105,6 +109,20 @@ def job_message(job: ImportJob, problems: Sequence[ImportProblem] = ()) -> trans
     if job.finish_time is not None:
         msg.finish_time.FromDatetime(job.finish_time)
     return msg
+
+
+async def settle(session: AsyncSession, job: ImportJob) -> ImportJob:
+    """`job`, marked failed when it is queued or running but its run stopped beating (its process died)."""
+    if job.status not in ACTIVE or not is_stale(job.update_time):
+        return job
+    job.status, job.finish_time, job.update_time = FAILED, utcnow(), utcnow()
+    job.error = (
+        f"{INTERRUPTED}, after {job.processed_rows} of {job.total_rows} rows; each chunk of {CHUNK} rows was "
+        "written whole or not at all. Run the import again: rows with an external_id already imported are "
+        "matched, not duplicated"
+    )
+    await session.flush()
+    return job
 
 
 async def first_problems(session: AsyncSession, job_id: str, limit: int = FIRST_PROBLEMS) -> list[ImportProblem]:
@@ -179,9 +197,19 @@ class Run:
 
     # --- the run ---------------------------------------------------------------------------------------
 
+    async def _beat(self) -> None:
+        async with self.db.transaction() as session:
+            await session.execute(
+                update(ImportJob)
+                .where(ImportJob.id == self.job_id, ImportJob.status.in_(ACTIVE))
+                .values(update_time=utcnow())
+                .execution_options(synchronize_session=False)
+            )
+
     async def __call__(self) -> None:
         try:
-            await self._run()
+            async with heartbeat(self._beat):
+                await self._run()
         except asyncio.CancelledError:
             await asyncio.shield(self.finish(FAILED, "the service stopped during the import; run it again"))
             raise

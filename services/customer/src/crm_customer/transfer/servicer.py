@@ -60,9 +60,7 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
             session.add(job)
             await session.flush()
             reply = jobs.job_message(job)
-        run = jobs.Run(
-            self.db, job.id, content, fmt, mapping, request.dry_run, request.match_email, self.runner
-        )
+        run = jobs.Run(self.db, job.id, content, fmt, mapping, request.dry_run, request.match_email, self.runner)
         task = asyncio.create_task(run(), name=f"import-{job.id}")  # copies the tenant and principal context
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
@@ -73,10 +71,10 @@ class TransferServicer(transfer_pb2_grpc.TransferServiceServicer):
             raise InvalidArgument.field("id", "is required")
         async with self.db.transaction() as session:
             job = await session.scalar(select(ImportJob).where(ImportJob.id == job_id.strip()))
-        principal = current_principal()
-        if job is None or (restricted(principal) and principal is not None and job.actor != principal.subject):
-            raise NotFound("import job", job_id)  # members see their own jobs only
-        return job
+            principal = current_principal()
+            if job is None or (restricted(principal) and principal is not None and job.actor != principal.subject):
+                raise NotFound("import job", job_id)  # members see their own jobs only
+            return await jobs.settle(session, job)
 
     async def GetImportJob(
         self, request: transfer_pb2.GetImportJobRequest, context: grpc.aio.ServicerContext
