@@ -23,7 +23,7 @@ from decimal import Decimal
 from typing import Any
 
 from opentelemetry import trace
-from sqlalchemy import JSON, Index, MetaData, String, bindparam, inspect, select, text, update
+from sqlalchemy import JSON, Index, MetaData, String, bindparam, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -85,15 +85,6 @@ def jsonable(value: Any) -> Any:
     if isinstance(value, Iterable):
         return [jsonable(v) for v in value]
     return str(value)
-
-
-def snapshot(row: Any) -> dict[str, Any]:
-    """Every stored column of an ORM row except the tenant: the full record for create and delete."""
-    return {
-        attr.key: jsonable(getattr(row, attr.key))
-        for attr in inspect(type(row)).column_attrs
-        if attr.key != "tenant_id"
-    }
 
 
 def current_trace_id() -> str:
@@ -217,5 +208,4 @@ __all__ = [
     "jsonable",
     "record_audit",
     "redact_audit",
-    "snapshot",
 ]
