@@ -99,12 +99,27 @@ def test_values_are_a_json_object_validated_and_filterable(acme: People) -> None
         "custom_fields.note",  # required
     }
     contact_id = created.json()["id"]
-    replaced = admin.patch(f"/api/v1/contacts/{contact_id}", json={"custom_fields": {"note": "only this"}})
-    assert replaced.status_code == 200, replaced.text
-    assert replaced.json()["custom_fields"] == {"note": "only this"}
-    assert replaced.headers["ETag"] == '"2"'
-    dropped_required = admin.patch(f"/api/v1/contacts/{contact_id}", json={"custom_fields": {"score": 1}})
-    assert dropped_required.status_code == 400 and problem_fields(dropped_required) == {"custom_fields.note"}
+    # PATCH merges custom_fields key by key (JSON merge patch): the keys not named keep their values.
+    one_key = admin.patch(f"/api/v1/contacts/{contact_id}", json={"custom_fields": {"note": "only this"}})
+    assert one_key.status_code == 200, one_key.text
+    assert one_key.json()["custom_fields"] == {**values, "note": "only this"}
+    assert one_key.headers["ETag"] == '"2"'
+    # null removes a key; a required one cannot be removed, and a bad value names its key. Nothing changes.
+    refused = admin.patch(
+        f"/api/v1/contacts/{contact_id}", json={"custom_fields": {"note": None, "score": "high", "vip": None}}
+    )
+    assert refused.status_code == 400
+    assert problem_fields(refused) == {"custom_fields.note", "custom_fields.score"}
+    removed = admin.patch(f"/api/v1/contacts/{contact_id}", json={"custom_fields": {"score": None, "vip": None}})
+    assert removed.status_code == 200, removed.text
+    assert removed.json()["custom_fields"] == {
+        "renewal": "2027-01-31",
+        "channels": ["email", "sms"],
+        "note": "only this",
+    }
+    assert removed.headers["ETag"] == '"3"'
+    unknown = admin.patch(f"/api/v1/contacts/{contact_id}", json={"custom_fields": {"nope": 1}})
+    assert unknown.status_code == 400 and problem_fields(unknown) == {"custom_fields.nope"}
 
     def listed(*conditions: str) -> list[str]:
         r = admin.get("/api/v1/contacts", params=[("custom_filter", c) for c in conditions])

@@ -68,6 +68,14 @@ async def test_every_invalid_field_is_named(
         )
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert {"email", "phone", "tags[0]", "last_name"} <= set(violations(err.value))
+    # A tag never holds what separates the tags of an import or export cell, so they round-trip.
+    separated = ["ok", "a;b", "x|y", "上海、北京", "甲\uff1b乙", "丙\uff0c丁"]
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.CreateContact(
+            pb.CreateContactRequest(contact=pb.Contact(last_name="Li", tags=separated)),
+            metadata=token_issuer.metadata("t-bad"),
+        )
+    assert set(violations(err.value)) == {f"tags[{i}]" for i in range(1, len(separated))}
 
 
 async def test_update_with_mask_and_stale_version(

@@ -6,7 +6,8 @@ descriptors. There is no hand-written handler per resource.
 
     POST   /api/v1/<plural>        Create<X>{<x>: body}             201 + Location
     GET    /api/v1/<plural>/<id>   Get<X>{id}                       200
-    PATCH  /api/v1/<plural>/<id>   Update<X>{<x>, update_mask}      200 (mask = body keys; version/If-Match)
+    PATCH  /api/v1/<plural>/<id>   Update<X>{<x>, update_mask}      200 (mask = body keys; version/If-Match;
+                                   a map such as custom_fields is merged key by key, null removes a key)
     DELETE /api/v1/<plural>/<id>   Delete<X>{id, version}           204 (?version= or If-Match)
     GET    /api/v1/<plural>        List<Plural>{page_size, page_token, filters...}
                                    -> {"items": [...], "next_page_token": "..."}
@@ -18,7 +19,7 @@ import importlib
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import grpc
 from flask import Flask, Response, g, request
@@ -346,6 +347,21 @@ def _get_view(res: BoundResource) -> Callable[[str], Response]:
     return view
 
 
+def _merge_patch_paths(descriptor: Descriptor, body: dict[str, Any], paths: list[str]) -> list[str]:
+    """The update mask of a PATCH body, as JSON merge patch (RFC 7396) reads it: a map field given as an
+    object changes only the keys it names (`custom_fields.<key>`; a null value removes that key), so a
+    client can set one custom field without resending, or racing, the others."""
+    out: list[str] = []
+    for path in paths:
+        fd = descriptor.fields_by_name[path]
+        value = body.get(path)
+        if fd.message_type is not None and fd.message_type.GetOptions().map_entry and isinstance(value, dict):
+            out.extend(f"{path}.{key}" for key in value)
+        else:
+            out.append(path)
+    return out
+
+
 def _update_view(res: BoundResource) -> Callable[[str], Response]:
     msg_cls = GetMessageClass(res.message)
     req_cls = GetMessageClass(res.update.input_type)
@@ -361,6 +377,7 @@ def _update_view(res: BoundResource) -> Callable[[str], Response]:
         resource.id = id
         if version is not None and res.has_version:
             resource.version = version
+        paths = _merge_patch_paths(cast(Descriptor, msg_cls.DESCRIPTOR), body, paths)
         req = req_cls(**{res.field: resource, "update_mask": field_mask_pb2.FieldMask(paths=paths)})
         updated = _invoke(res.service, res.update, req, res.field)
         return json_response(to_json(updated), 200, _etag(updated))
@@ -537,7 +554,9 @@ def _register_resource(app: Flask, res: BoundResource) -> None:
                 replies={200: Reply("Updated", schema), **not_found, **conflict, **common},
                 messages=(res.message,),
                 description=(
-                    f"gRPC {res.update.full_name}; update_mask = the body's keys. "
+                    f"gRPC {res.update.full_name}; update_mask = the body's keys. A map field (such as "
+                    "`custom_fields`) is merged key by key as in JSON merge patch (RFC 7396): keys not in the "
+                    "body keep their value, and a null value removes its key. "
                     "`version` (body) or If-Match enables optimistic concurrency."
                 ),
             ),

@@ -44,7 +44,9 @@ ACCOUNT_FIELDS = ("name", "industry", "website", "phone", "owner_id", "classific
 GENDERS = ("male", "female", "other", "unknown")
 CLASSIFICATIONS = ("core", "potential", "general")
 LIFECYCLE_STAGES = ("lead", "prospect", "customer", "loyal", "churned")
-TAG = re.compile(r"^[^,\"\\]{1,50}$")
+# A tag never holds a character that separates the tags of an import cell or an export (crm_customer.transfer:
+# ; , | and their full-width forms), so tags survive an export and re-import unchanged.
+TAG = re.compile(r"^[^,;|\uff1b\uff0c\u3001\"\\]{1,50}$")
 WEBSITE = re.compile(r"^(https?://)?[^\s/$.?#][^\s]*\.[^\s]{2,}$", re.IGNORECASE)
 NAME_REQUIRED = "a contact needs a first or a last name"
 
@@ -58,7 +60,7 @@ def tags(v: Violations, field: str, values: list[str]) -> list[str]:
     for i, tag in enumerate(values):
         tag = " ".join(tag.split())
         if not TAG.match(tag):
-            v.add(f"{field}[{i}]", "must be 1 to 50 characters without commas, quotes or backslashes")
+            v.add(f"{field}[{i}]", "must be 1 to 50 characters without , ; | 、 quotes or backslashes")
         elif tag not in cleaned:
             cleaned.append(tag)
     if len(cleaned) > 100:
