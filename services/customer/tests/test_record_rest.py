@@ -104,3 +104,33 @@ def test_settings_for_admins_only(acme: People) -> None:
     assert problem_fields(acme.admin.patch("/api/v1/customer-settings", json={"colour": "red"})) == {"colour"}
     named = acme.admin.post("/api/v1/contacts", json={"first_name": "jean", "last_name": "DUPONT"}).json()
     assert named["display_name"] == "Jean Dupont"
+
+
+def test_dedupe_settings_over_rest(gateway: Gateway) -> None:
+    initech = people(gateway, "rec-initech")
+    got = initech.admin.get("/api/v1/customer-settings").json()
+    assert (got["duplicate_threshold"], got["merge_retention_days"]) == (70, 30)
+    changed = initech.admin.patch("/api/v1/customer-settings", json={"duplicate_threshold": 80})
+    assert changed.status_code == 200, changed.text
+    assert (changed.json()["duplicate_threshold"], changed.json()["merge_retention_days"]) == (80, 30)
+    changed = initech.admin.patch("/api/v1/customer-settings", json={"merge_retention_days": 7, "version": 1})
+    assert changed.status_code == 200, changed.text
+    s = initech.admin.get("/api/v1/customer-settings").json()
+    assert (s["duplicate_threshold"], s["merge_retention_days"], s["version"]) == (80, 7, 2)
+    for body, fields in (
+        ({"duplicate_threshold": 101}, {"duplicate_threshold"}),
+        ({"duplicate_threshold": 0}, {"duplicate_threshold"}),
+        ({"merge_retention_days": 3651}, {"merge_retention_days"}),
+        ({"duplicate_threshold": "eighty"}, {"duplicate_threshold"}),
+    ):
+        bad = initech.admin.patch("/api/v1/customer-settings", json=body)
+        assert bad.status_code == 400 and problem_fields(bad) == fields, bad.text
+    assert "between 1 and 100" in str(
+        initech.admin.patch("/api/v1/customer-settings", json={"duplicate_threshold": 101}).json()
+    )
+    assert initech.manager.patch("/api/v1/customer-settings", json={"duplicate_threshold": 50}).status_code == 403
+    # The threshold applies on create: at 40 two people called 张伟 are likely duplicates.
+    initech.admin.patch("/api/v1/customer-settings", json={"duplicate_threshold": 40})
+    first = initech.admin.post("/api/v1/contacts", json={"last_name": "张伟"}).json()
+    second = initech.admin.post("/api/v1/contacts", json={"last_name": "张伟"}).json()
+    assert [(c["contact_id"], c["score"]) for c in second["duplicate_candidates"]] == [(first["id"], 40)]

@@ -17,7 +17,8 @@ from google.protobuf import field_mask_pb2
 from sqlalchemy import func, select
 
 from crm.customer.v1 import customer_pb2 as cpb
-from crm.customer.v1 import customer_pb2_grpc, timeline_pb2_grpc
+from crm.customer.v1 import customer_pb2_grpc, dedupe_pb2_grpc, timeline_pb2_grpc
+from crm.customer.v1 import dedupe_pb2 as dpb
 from crm.customer.v1 import timeline_pb2 as pb
 from crm.sales.v1 import sales_pb2, sales_pb2_grpc
 from crm.servicedesk.v1 import servicedesk_pb2, servicedesk_pb2_grpc
@@ -354,3 +355,47 @@ async def test_unknown_contacts_are_kept_and_never_leak(
 
 async def _equals(value: Awaitable[int], expected: int) -> bool:
     return await value == expected
+
+
+async def test_a_late_event_for_a_merged_away_contact_lands_on_its_survivor_and_unmerge_takes_it_back(
+    services: dict[str, ServiceRuntime],
+    channels: dict[str, grpc.aio.Channel],
+    stub: timeline_pb2_grpc.TimelineServiceStub,
+    contacts: customer_pb2_grpc.CustomerServiceStub,
+    token_issuer: TokenIssuer,
+) -> None:
+    tid = tenant()
+    md = token_issuer.metadata(tid)
+    rt = services["customer"]
+    dedupe = dedupe_pb2_grpc.DedupeServiceStub(channels["customer"])
+
+    async def new(name: str) -> str:
+        made = await contacts.CreateContact(cpb.CreateContactRequest(contact=cpb.Contact(last_name=name)), metadata=md)
+        return made.id
+
+    duplicate, survivor, final = await new("周"), await new("周"), await new("周")
+    first = await dedupe.MergeContacts(dpb.MergeContactsRequest(id=survivor, duplicate_id=duplicate), metadata=md)
+
+    async def ticket_for(contact_id: str, subject: str) -> None:
+        ticket = {"id": str(uuid.uuid4()), "contact_id": contact_id, "subject": subject, "status": "open"}
+        await publish(rt, tid, "crm.servicedesk.ticket.created", {"ticket": ticket})
+
+    # Sent by a service that had not yet learned of the merge: it names the merged-away contact.
+    await ticket_for(duplicate, "发票抬头错误")
+
+    async def on(contact_id: str, subject: str) -> list[pb.Interaction]:
+        return [i for i in await timeline_of(stub, md, contact_id) if subject in i.subject]
+
+    await eventually(lambda: on(survivor, "发票抬头错误"))
+    # A merge of the survivor into another contact: the next late event follows both merges.
+    second = await dedupe.MergeContacts(dpb.MergeContactsRequest(id=final, duplicate_id=survivor), metadata=md)
+    await ticket_for(duplicate, "退款进度")
+    await eventually(lambda: on(final, "退款进度"))
+    assert {i.subject for i in await timeline_of(stub, md, final)} >= {"Ticket “发票抬头错误” opened"}
+    # Undoing the merges (the later one first) gives the duplicate back both entries that were its own.
+    await dedupe.UnmergeContacts(dpb.UnmergeContactsRequest(merge_id=second.id), metadata=md)
+    await dedupe.UnmergeContacts(dpb.UnmergeContactsRequest(merge_id=first.id), metadata=md)
+    back = sorted(i.subject for i in await timeline_of(stub, md, duplicate) if i.kind == "ticket")
+    assert back == ["Ticket “发票抬头错误” opened", "Ticket “退款进度” opened"]
+    assert not [i for i in await timeline_of(stub, md, final) if i.kind == "ticket"]
+    assert not [i for i in await timeline_of(stub, md, survivor) if i.kind == "ticket"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from crm.customer.v1 import (
     transfer_pb2,
     transfer_pb2_grpc,
 )
-from crm_customer import timeline
+from crm_customer import merge, timeline
 from crm_customer.custom_fields_servicer import CustomFieldServicer
 from crm_customer.dedupe_servicer import DedupeServicer
 from crm_customer.privacy import PERSONAL_DATA
@@ -27,8 +28,10 @@ from crm_customer.privacy_servicer import PrivacyServicer
 from crm_customer.servicer import CustomerServicer
 from crm_customer.timeline_servicer import TimelineServicer
 from crm_customer.transfer.servicer import TransferServicer
+from crm_kit.db import Database
 from crm_kit.grpc.server import Servicer
-from crm_kit.runtime import ServiceRuntime, ServiceSpec, Subscription
+from crm_kit.runtime import Chore, Command, ServiceRuntime, ServiceSpec, Subscription
+from crm_kit.settings import KitSettings, ServiceSettings
 
 
 def servicers(rt: ServiceRuntime) -> Sequence[Servicer]:
@@ -71,6 +74,16 @@ def subscriptions(rt: ServiceRuntime) -> Sequence[Subscription]:
     return [timeline.subscription()]
 
 
+async def purge_merges(args: argparse.Namespace, settings: ServiceSettings, kit: KitSettings) -> None:
+    """`crm-customer purge-merges`: what the hourly chore does, now (e.g. after lowering a retention)."""
+    db = Database(settings.database_url)
+    try:
+        purged = await merge.purge_expired(db)
+    finally:
+        await db.dispose()
+    print(f"customer: emptied the snapshots of {purged} expired contact merges")
+
+
 SPEC = ServiceSpec(
     name="customer",
     default_grpc_port=50051,
@@ -78,4 +91,13 @@ SPEC = ServiceSpec(
     servicers=servicers,
     subscriptions=subscriptions,
     personal_data=PERSONAL_DATA,
+    # Expired merges keep who merged what and when, not the person's data (crm_customer.merge).
+    chores=[Chore("purge-merges", merge.PURGE_INTERVAL.total_seconds(), merge.purge_chore)],
+    commands=[
+        Command(
+            "purge-merges",
+            "empty the snapshots of expired contact merges of every tenant (the service does it hourly)",
+            purge_merges,
+        )
+    ],
 )

@@ -15,14 +15,30 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import time
 from collections.abc import Iterable, Sequence
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, ColumnElement, Index, Integer, String, Text, and_, delete, event, func, insert, or_, select
+from sqlalchemy import (
+    JSON,
+    ColumnElement,
+    Index,
+    Integer,
+    String,
+    Text,
+    and_,
+    delete,
+    event,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, Mapper, attributes, mapped_column
@@ -36,6 +52,7 @@ from crm_kit.context import acting_as, tenant_scope
 from crm_kit.db import Database, TenantScoped, utcnow, uuid7
 from crm_kit.db.base import UtcDateTime
 from crm_kit.errors import AlreadyExists, FieldViolation, InvalidArgument, NotFound, Violations
+from crm_kit.liveness import INTERRUPTED, heartbeat, is_stale
 
 log = logging.getLogger(__name__)
 
@@ -43,16 +60,9 @@ KEY_FIELDS = ("first_name", "last_name", "email", "phone", "emails", "phones")
 MAX_LOOKUP = 500  # contacts loaded per key group when looking for one contact's candidates
 MAX_BLOCK = int(os.environ.get("CUSTOMER_DEDUPE_MAX_BLOCK", "") or 200)
 JOB_MIN_SCORE = 50
-STALE_JOB = timedelta(minutes=5)  # a running job without progress for this long was interrupted
 PENDING, RUNNING, SUCCEEDED, FAILED = "pending", "running", "succeeded", "failed"
 ACTOR = "system:dedupe"
 _CHUNK = 500
-
-
-def threshold() -> int:
-    """The score at which a contact counts as a likely duplicate on create (CUSTOMER_DUPLICATE_THRESHOLD)."""
-    raw = os.environ.get("CUSTOMER_DUPLICATE_THRESHOLD", "").strip()
-    return int(raw) if raw.isdigit() and 1 <= int(raw) <= 100 else matching.DEFAULT_THRESHOLD
 
 
 class MatchKey(Base, TenantScoped):
@@ -263,8 +273,8 @@ async def get_job(session: AsyncSession, job_id: str) -> DedupeJobRow:
     row = await session.get(DedupeJobRow, job_id) if job_id else None
     if row is None:
         raise NotFound("dedupe job", job_id)
-    if row.status in (PENDING, RUNNING) and utcnow() - row.heartbeat_time > STALE_JOB:
-        row.status, row.error, row.finish_time = FAILED, "interrupted: the service stopped while it ran", utcnow()
+    if row.status in (PENDING, RUNNING) and is_stale(row.heartbeat_time):
+        row.status, row.error, row.finish_time = FAILED, INTERRUPTED, utcnow()
         await session.flush()
     return row
 
@@ -306,85 +316,100 @@ async def _candidate_pairs(db: Database) -> tuple[set[tuple[str, str]], int]:
     return pairs, skipped
 
 
+async def _beat(db: Database, job_id: str) -> None:
+    async with db.transaction() as session:
+        await session.execute(
+            update(DedupeJobRow)
+            .where(DedupeJobRow.id == job_id, DedupeJobRow.status.in_((PENDING, RUNNING)))
+            .values(heartbeat_time=utcnow())
+            .execution_options(synchronize_session=False)
+        )
+
+
 async def run_job(db: Database, tenant_id: str, job_id: str) -> None:
     """Run the dedupe job `job_id` of the tenant (the task StartDedupeJob starts)."""
-    started = time.perf_counter()
     with tenant_scope(tenant_id), acting_as(ACTOR):
-        try:
+        async with heartbeat(functools.partial(_beat, db, job_id)):
+            await _run_job(db, tenant_id, job_id)
+
+
+async def _run_job(db: Database, tenant_id: str, job_id: str) -> None:
+    started = time.perf_counter()
+    try:
+        async with db.transaction() as session:
+            total = int(await session.scalar(select(func.count()).select_from(Contact)) or 0)
+            job = await session.get(DedupeJobRow, job_id)
+            if job is None:
+                return
+            min_score = job.min_score
+            job.status, job.start_time, job.contacts_total = RUNNING, utcnow(), total
+            job.heartbeat_time = utcnow()
+        pairs, skipped = await _candidate_pairs(db)
+        log.info("dedupe job %s: blocking took %.2f s", job_id, time.perf_counter() - started)
+        await _update_job(db, job_id, candidate_pairs=len(pairs), blocks_skipped=skipped, progress_percent=20)
+        async with db.transaction() as session:
+            profiles = await load_profiles(session, {c for pair in pairs for c in pair})
+        await _update_job(db, job_id, progress_percent=30)
+        log.info("dedupe job %s: profiles loaded after %.2f s", job_id, time.perf_counter() - started)
+        ordered = sorted(pairs)
+        found = scored = 0
+        step = 5000
+        for start in range(0, len(ordered), step):
+            rows: list[dict[str, Any]] = []
+            for a_id, b_id in ordered[start : start + step]:
+                a, b = profiles.get(a_id), profiles.get(b_id)
+                if a is None or b is None:  # deleted meanwhile
+                    continue
+                m = matching.score(a, b)
+                if m.score >= min_score:
+                    rows.append(
+                        {
+                            "id": uuid7(),
+                            "tenant_id": tenant_id,
+                            "job_id": job_id,
+                            "first_id": a_id,
+                            "second_id": b_id,
+                            "score": m.score,
+                            "reasons": reasons_json(m),
+                        }
+                    )
+            scored += min(step, len(ordered) - start)
+            found += len(rows)
             async with db.transaction() as session:
-                total = int(await session.scalar(select(func.count()).select_from(Contact)) or 0)
+                if rows:
+                    await session.execute(insert(DuplicatePairRow.__table__), rows)
                 job = await session.get(DedupeJobRow, job_id)
-                if job is None:
-                    return
-                min_score = job.min_score
-                job.status, job.start_time, job.contacts_total = RUNNING, utcnow(), total
-                job.heartbeat_time = utcnow()
-            pairs, skipped = await _candidate_pairs(db)
-            log.info("dedupe job %s: blocking took %.2f s", job_id, time.perf_counter() - started)
-            await _update_job(db, job_id, candidate_pairs=len(pairs), blocks_skipped=skipped, progress_percent=20)
-            async with db.transaction() as session:
-                profiles = await load_profiles(session, {c for pair in pairs for c in pair})
-            await _update_job(db, job_id, progress_percent=30)
-            log.info("dedupe job %s: profiles loaded after %.2f s", job_id, time.perf_counter() - started)
-            ordered = sorted(pairs)
-            found = scored = 0
-            step = 5000
-            for start in range(0, len(ordered), step):
-                rows: list[dict[str, Any]] = []
-                for a_id, b_id in ordered[start : start + step]:
-                    a, b = profiles.get(a_id), profiles.get(b_id)
-                    if a is None or b is None:  # deleted meanwhile
-                        continue
-                    m = matching.score(a, b)
-                    if m.score >= min_score:
-                        rows.append(
-                            {
-                                "id": uuid7(),
-                                "tenant_id": tenant_id,
-                                "job_id": job_id,
-                                "first_id": a_id,
-                                "second_id": b_id,
-                                "score": m.score,
-                                "reasons": reasons_json(m),
-                            }
-                        )
-                scored += min(step, len(ordered) - start)
-                found += len(rows)
-                async with db.transaction() as session:
-                    if rows:
-                        await session.execute(insert(DuplicatePairRow.__table__), rows)
-                    job = await session.get(DedupeJobRow, job_id)
-                    if job is not None:
-                        job.pairs_scored, job.pairs_found = scored, found
-                        job.progress_percent = 30 + (69 * scored) // max(len(ordered), 1)
-                        job.heartbeat_time = utcnow()
-                await asyncio.sleep(0)
+                if job is not None:
+                    job.pairs_scored, job.pairs_found = scored, found
+                    job.progress_percent = 30 + (69 * scored) // max(len(ordered), 1)
+                    job.heartbeat_time = utcnow()
+            await asyncio.sleep(0)
+        await _update_job(
+            db,
+            job_id,
+            status=SUCCEEDED,
+            progress_percent=100,
+            pairs_scored=scored,
+            pairs_found=found,
+            finish_time=utcnow(),
+            duration_ms=int((time.perf_counter() - started) * 1000),
+        )
+        log.info("dedupe job %s: %d contacts, %d candidate pairs, %d found", job_id, total, len(pairs), found)
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:  # the job reports its failure; the service keeps running
+        log.exception("dedupe job %s failed", job_id)
+        try:
             await _update_job(
                 db,
                 job_id,
-                status=SUCCEEDED,
-                progress_percent=100,
-                pairs_scored=scored,
-                pairs_found=found,
+                status=FAILED,
+                error=f"{type(exc).__name__}: {exc}"[:2000],
                 finish_time=utcnow(),
                 duration_ms=int((time.perf_counter() - started) * 1000),
             )
-            log.info("dedupe job %s: %d contacts, %d candidate pairs, %d found", job_id, total, len(pairs), found)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # the job reports its failure; the service keeps running
-            log.exception("dedupe job %s failed", job_id)
-            try:
-                await _update_job(
-                    db,
-                    job_id,
-                    status=FAILED,
-                    error=f"{type(exc).__name__}: {exc}"[:2000],
-                    finish_time=utcnow(),
-                    duration_ms=int((time.perf_counter() - started) * 1000),
-                )
-            except Exception:
-                log.exception("dedupe job %s: could not record the failure", job_id)
+        except Exception:
+            log.exception("dedupe job %s: could not record the failure", job_id)
 
 
 # --- the pairs a job found ----------------------------------------------------------------------------
@@ -481,14 +506,16 @@ async def check_new_contact(
     session: AsyncSession,
     values: dict[str, Any],
     *,
+    threshold: int,
     block: bool,
     allow_duplicate: bool,
     visible: ColumnElement[bool],
 ) -> list[customer_pb2.DuplicateCandidate]:
-    """The likely duplicates of a contact about to be created, among those the caller may see. With
-    `block` (the tenant's duplicate_policy) and any likely duplicate in the tenant, ALREADY_EXISTS naming
-    the fields that matched, unless `allow_duplicate` (an admin's override)."""
-    found = await find_candidates(session, matching.profile(values, "-"), min_score=threshold(), limit=MAX_LOOKUP)
+    """The likely duplicates of a contact about to be created (scoring at least `threshold`, the tenant's
+    duplicate_threshold), among those the caller may see. With `block` (the tenant's duplicate_policy) and
+    any likely duplicate in the tenant, ALREADY_EXISTS naming the fields that matched, unless
+    `allow_duplicate` (an admin's override)."""
+    found = await find_candidates(session, matching.profile(values, "-"), min_score=threshold, limit=MAX_LOOKUP)
     if not found:
         return []
     ids = [p.id for p, _ in found]

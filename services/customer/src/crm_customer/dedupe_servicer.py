@@ -8,7 +8,7 @@ import grpc
 from sqlalchemy.exc import IntegrityError
 
 from crm.customer.v1 import dedupe_pb2, dedupe_pb2_grpc
-from crm_customer import dedupe, history, matching, merge
+from crm_customer import dedupe, history, matching, merge, settings
 from crm_customer.dedupe import DedupeJobRow
 from crm_customer.servicer import contact_message
 from crm_kit.context import current_principal, require_tenant
@@ -38,12 +38,14 @@ class DedupeServicer(dedupe_pb2_grpc.DedupeServiceServicer):
         contact_id = request.contact_id.strip()
         if not contact_id:
             v.add("contact_id", "is required")
-        min_score = dedupe.score_arg(v, "min_score", request.min_score, dedupe.threshold())
+        min_score = dedupe.score_arg(v, "min_score", request.min_score, 0)  # 0: the tenant's threshold
         if request.page_size and not 1 <= request.page_size <= MAX_CANDIDATES:
             v.add("page_size", f"must be between 1 and {MAX_CANDIDATES}")
         v.raise_if_any()
         async with self.db.transaction() as session:
             row = await self.contacts.get(session, contact_id)  # NOT_FOUND: another tenant's or owner's
+            if not min_score:
+                min_score = (await settings.get_settings(session)).duplicate_threshold
             found = await dedupe.find_candidates(
                 session,
                 matching.profile(matching.row_values(row)),

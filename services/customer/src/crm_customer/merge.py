@@ -10,8 +10,9 @@ Merge (one transaction):
   (`timeline.repoint_contact`), consents and the field history; their ids are kept per table;
 - the duplicate is deleted from `contacts` (so search, lists, uniqueness and candidates never see it), and
   kept in `contact_merges` as a full snapshot with the survivor's values before and after the merge: that
-  row is the soft-deleted copy unmerge restores, until `expire_time` (CUSTOMER_MERGE_RETENTION_DAYS,
-  default 30);
+  row is the soft-deleted copy unmerge restores, until `expire_time` (the merge time plus the tenant's
+  `merge_retention_days` at the time of the merge, crm_customer.settings: a later change of the setting
+  applies to later merges only);
 - events: `contact.deleted` (the duplicate), `contact.updated` (the survivor, version + 1) and
   `crm.customer.contact.merged` {merge_id, survivor_id, duplicate_id, survivor_name}; the kit's contact
   projection (sales, servicedesk) repoints its records on it; audit entries for all three.
@@ -22,36 +23,48 @@ fields get their pre-merge values back - only the fields the merge changed, and 
 still has the value the merge gave it: a field edited after the merge keeps its newer value, and fields the
 merge did not touch are never changed. `crm.customer.contact.unmerged` names the records learned from
 other services (the timeline's references) that were the duplicate's, so their services repoint them back.
+
+Purge: past `expire_time` a merge can no longer be undone, so its snapshots (`duplicate_snapshot`,
+`survivor_before`, `survivor_after`: the person's data) are emptied and `purge_time` set; the row keeps who
+merged what and when (ids, `merged_by`, the times, `field_choices`, the moved row ids). `purge_expired`
+does it for every tenant: hourly housekeeping of the service process (`purge_chore`, a chore of
+crm_customer.app's ServiceSpec) and the command `crm-customer purge-merges`. On PostgreSQL the application
+role, bound by row-level security, calls the SECURITY DEFINER function
+`crm_purge_merge_snapshots(timestamptz)` (migration 0011), which can do nothing else; on SQLite it is a
+plain UPDATE.
 """
 
 from __future__ import annotations
 
-import os
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import JSON, Index, String, or_, select, update
+from sqlalchemy import JSON, DateTime, Index, String, bindparam, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
 from crm.customer.v1 import customer_pb2, dedupe_pb2
-from crm_customer import history, timeline
+from crm_customer import history, settings, timeline
 from crm_customer.contact_points import MAX_ENTRIES
 from crm_customer.history import ContactFieldChange
 from crm_customer.models import Base, Contact
 from crm_kit import audit
 from crm_kit.crud import ResourceStore
-from crm_kit.db import TenantScoped, utcnow, uuid7
+from crm_kit.db import Database, TenantScoped, utcnow, uuid7
 from crm_kit.db.base import UtcDateTime
 from crm_kit.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound, StaleVersion, Violations
 from crm_kit.events.outbox import record_event
 
+log = logging.getLogger(__name__)
+
 SOURCE = "crm.customer"
 MERGED = "crm.customer.contact.merged"
 UNMERGED = "crm.customer.contact.unmerged"
-RETENTION_ENV = "CUSTOMER_MERGE_RETENTION_DAYS"
-DEFAULT_RETENTION_DAYS = 30
+ACTIVE, UNMERGED_STATE, EXPIRED = "active", "unmerged", "expired"
+PURGE_FUNCTION = "crm_purge_merge_snapshots"
+PURGE_INTERVAL = timedelta(hours=1)
 SURVIVOR, DUPLICATE = "survivor", "duplicate"
 SCALARS = (
     "first_name",
@@ -90,6 +103,13 @@ class ContactMerge(Base, TenantScoped):
     __table_args__ = (
         Index("ix_contact_merges_tenant_id_survivor_id", "tenant_id", "survivor_id"),
         Index("ix_contact_merges_tenant_id_duplicate_id", "tenant_id", "duplicate_id"),
+        # The purge's lookup across tenants: only rows still holding snapshots.
+        Index(
+            "ix_contact_merges_expire_time_unpurged",
+            "expire_time",
+            sqlite_where=text("purge_time IS NULL"),
+            postgresql_where=text("purge_time IS NULL"),
+        ),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=uuid7)
@@ -105,12 +125,23 @@ class ContactMerge(Base, TenantScoped):
     expire_time: Mapped[datetime] = mapped_column(UtcDateTime(), nullable=False)
     unmerged_by: Mapped[str] = mapped_column(String(128), nullable=False, default="")
     unmerge_time: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+    # When the snapshots were emptied (see the module docstring); NULL while they hold the data.
+    purge_time: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
 
 
-def retention() -> timedelta:
-    raw = os.environ.get(RETENTION_ENV, "").strip()
-    days = int(raw) if raw.isdigit() and int(raw) > 0 else DEFAULT_RETENTION_DAYS
-    return timedelta(days=days)
+def state(row: ContactMerge, now: datetime | None = None) -> str:
+    """active (can be undone), unmerged or expired (past expire_time, or purged)."""
+    if row.unmerge_time is not None:
+        return UNMERGED_STATE
+    if row.purge_time is not None or (now or utcnow()) >= row.expire_time:
+        return EXPIRED
+    return ACTIVE
+
+
+def holds_snapshots(row: ContactMerge, now: datetime | None = None) -> bool:
+    """Whether the merge's snapshots may still be shown: not purged and not past expire_time (the purge
+    empties them within an hour after it)."""
+    return row.purge_time is None and (now or utcnow()) < row.expire_time and bool(row.duplicate_snapshot)
 
 
 def is_empty(field: str, value: Any) -> bool:
@@ -222,18 +253,42 @@ def merge_message(row: ContactMerge, to_contact: Callable[[Contact], customer_pb
         moved={k: len(v) for k, v in (row.moved or {}).items()},
         merged_by=row.merged_by,
         unmerged_by=row.unmerged_by,
+        state=state(row),
     )
-    msg.duplicate.CopyFrom(to_contact(Contact(**_from_snapshot(row.duplicate_snapshot))))
+    if holds_snapshots(row):
+        msg.duplicate.CopyFrom(to_contact(Contact(**_from_snapshot(row.duplicate_snapshot))))
+    else:  # expired: the person's data is gone (or about to be), the id stays
+        msg.duplicate.id = row.duplicate_id
     msg.merge_time.FromDatetime(row.merge_time)
     msg.expire_time.FromDatetime(row.expire_time)
     if row.unmerge_time is not None:
         msg.unmerge_time.FromDatetime(row.unmerge_time)
+    if row.purge_time is not None:
+        msg.purge_time.FromDatetime(row.purge_time)
     return msg
 
 
 async def active_merge_of(session: AsyncSession, duplicate_id: str) -> ContactMerge | None:
     stmt = select(ContactMerge).where(ContactMerge.duplicate_id == duplicate_id, ContactMerge.unmerge_time.is_(None))
     return (await session.execute(stmt.limit(1))).scalar_one_or_none()
+
+
+async def take_late_entry(session: AsyncSession, contact_id: str, interaction_id: str) -> str:
+    """Where a timeline entry learned for `contact_id` belongs when that contact was merged away: its
+    survivor (following merges of merges), with the entry added to the merge's moved interactions so that
+    an unmerge takes it back. `contact_id` itself when it was not merged away."""
+    first = await active_merge_of(session, contact_id)
+    if first is None:
+        return contact_id
+    target, seen = first.survivor_id, {contact_id}
+    while target not in seen and (onward := await active_merge_of(session, target)) is not None:
+        seen.add(target)
+        target = onward.survivor_id
+    moved = dict(first.moved or {})
+    moved[MOVED_INTERACTIONS] = sorted({*moved.get(MOVED_INTERACTIONS, []), interaction_id})
+    first.moved = moved  # a new dict: the JSON column sees the change
+    await session.flush()
+    return target
 
 
 async def _move(session: AsyncSession, model: Any, where: Any, to_id: str) -> list[str]:
@@ -294,6 +349,7 @@ async def merge(
         raise StaleVersion(request.duplicate_version, duplicate.version)
 
     values = merged_values(survivor, duplicate, choices)
+    cfg = await settings.get_settings(session)
     before_state = snapshot(survivor)
     dup_state = snapshot(duplicate)
     moved = {
@@ -323,7 +379,7 @@ async def merge(
         field_choices=choices,
         merged_by=history.actor(),
         merge_time=now,
-        expire_time=now + retention(),
+        expire_time=now + cfg.merge_retention,
     )
     session.add(record)
     await session.flush()
@@ -409,7 +465,7 @@ async def unmerge(
             f"merge {record.id!r} was already undone", [FieldViolation("merge_id", "was already undone")]
         )
     now = utcnow()
-    if now >= record.expire_time:
+    if now >= record.expire_time or record.purge_time is not None:
         raise FailedPrecondition(
             f"merge {record.id!r} can no longer be undone: its retention window ended at "
             f"{audit.jsonable(record.expire_time)}",
@@ -500,13 +556,50 @@ async def _references(session: AsyncSession, interaction_ids: Sequence[str]) -> 
     return [{"type": kind, "id": ref} for kind, ref in found]
 
 
+# --- housekeeping: the snapshots of expired merges are emptied ----------------------------------------
+
+EMPTIED: dict[str, Any] = {"duplicate_snapshot": {}, "survivor_before": {}, "survivor_after": {}}
+
+
+async def purge_expired(db: Database, now: datetime | None = None) -> int:
+    """Empty the snapshots of every tenant's merges whose `expire_time` passed at `now` (default: the
+    current time) and that still hold them; returns how many merges were purged. Idempotent, and safe to
+    run in several replicas at once.
+
+    On PostgreSQL through `crm_purge_merge_snapshots` (the application role cannot see other tenants' rows;
+    the function also never purges before expire_time by the database's own clock)."""
+    cutoff = now or utcnow()
+    if db.dialect == "postgresql":
+        call = text(f"SELECT {PURGE_FUNCTION}(:now)").bindparams(bindparam("now", type_=DateTime(timezone=True)))
+        async with db.engine.begin() as connection:
+            return int((await connection.execute(call, {"now": cutoff})).scalar() or 0)
+    table = ContactMerge.__table__
+    stmt = (
+        update(table)
+        .where(table.c.purge_time.is_(None), table.c.expire_time <= cutoff)
+        .values(**EMPTIED, purge_time=cutoff)
+    )
+    async with db.engine.begin() as connection:
+        result: Any = await connection.execute(stmt)
+        return int(result.rowcount or 0)
+
+
+async def purge_chore(db: Database) -> None:
+    """`purge_expired` as the service's periodic housekeeping (crm_customer.app)."""
+    purged = await purge_expired(db)
+    if purged:
+        log.info("emptied the snapshots of %d expired contact merges", purged)
+
+
 # --- privacy: merges and pairs name the person ---------------------------------------------------------
 
 
 async def export_person(session: AsyncSession, contact_id: str) -> list[dict[str, Any]]:
+    """The merges the contact took part in, as stored (a purged merge has empty snapshots), with their
+    state."""
     from crm_kit.privacy import row_document
 
-    return [row_document(r) for r in await list_merges(session, contact_id)]
+    return [{**row_document(r), "state": state(r)} for r in await list_merges(session, contact_id)]
 
 
 async def absorbed(session: AsyncSession, contact_id: str) -> list[str]:

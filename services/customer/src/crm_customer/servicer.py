@@ -73,6 +73,7 @@ class CustomerServicer(customer_pb2_grpc.CustomerServiceServicer):
                 candidates = await dedupe.check_new_contact(
                     session,
                     values,
+                    threshold=cfg.duplicate_threshold,
                     block=cfg.duplicate_policy == settings.BLOCK,
                     allow_duplicate=request.allow_duplicate and _is_admin(),
                     visible=self.contacts.visible(),

@@ -1,21 +1,27 @@
-"""The tenant's settings of the customer record: title-casing of names, the duplicate policy and the default
-phone region. One row per tenant in `customer_settings`; a tenant without a row has the defaults.
+"""The tenant's settings of the customer record: title-casing of names, the duplicate policy and threshold,
+the default phone region and how long a merge can be undone. One row per tenant in `customer_settings`; a
+tenant without a row has the defaults.
 
 Other parts of the service read them with `await get_settings(session)` (inside the tenant's scope), e.g.
-duplicate detection reads `duplicate_policy`.
+duplicate detection reads `duplicate_policy` and `duplicate_threshold`, a merge `merge_retention_days`.
+
+`duplicate_threshold` and `merge_retention_days` are stored only once the tenant sets them (NULL until
+then): a tenant that never did follows the service-wide defaults, CUSTOMER_DUPLICATE_THRESHOLD and
+CUSTOMER_MERGE_RETENTION_DAYS, even when they change later.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy import Boolean, Integer, String, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
 from crm.customer.v1 import customer_pb2
+from crm_customer.matching import DEFAULT_THRESHOLD
 from crm_customer.models import Base
 from crm_kit import validation
 from crm_kit.context import ADMIN, current_principal, require_tenant
@@ -25,12 +31,34 @@ from crm_kit.errors import PermissionDenied, StaleVersion, Violations
 WARN = "warn"
 BLOCK = "block"
 DUPLICATE_POLICIES = (WARN, BLOCK)
+# Settings stored only once the tenant sets them (NULL: the service-wide default, read at each use).
+DEFAULTED = ("duplicate_threshold", "merge_retention_days")
 REGION_ENV = "CUSTOMER_DEFAULT_PHONE_REGION"
+THRESHOLD_ENV = "CUSTOMER_DUPLICATE_THRESHOLD"
+RETENTION_ENV = "CUSTOMER_MERGE_RETENTION_DAYS"
+THRESHOLD_RANGE = (1, 100)
+RETENTION_RANGE = (1, 3650)  # days
+DEFAULT_RETENTION_DAYS = 30
 
 
 def default_region() -> str:
     """The service-wide default of `default_phone_region` (CUSTOMER_DEFAULT_PHONE_REGION, else CN)."""
     return os.environ.get(REGION_ENV, "").strip().upper() or "CN"
+
+
+def _env_int(name: str, bounds: tuple[int, int], default: int) -> int:
+    raw = os.environ.get(name, "").strip()
+    return int(raw) if raw.isdigit() and bounds[0] <= int(raw) <= bounds[1] else default
+
+
+def default_threshold() -> int:
+    """The service-wide default of `duplicate_threshold` (CUSTOMER_DUPLICATE_THRESHOLD 1..100, else 70)."""
+    return _env_int(THRESHOLD_ENV, THRESHOLD_RANGE, DEFAULT_THRESHOLD)
+
+
+def default_retention_days() -> int:
+    """The service-wide default of `merge_retention_days` (CUSTOMER_MERGE_RETENTION_DAYS 1..3650, else 30)."""
+    return _env_int(RETENTION_ENV, RETENTION_RANGE, DEFAULT_RETENTION_DAYS)
 
 
 class CustomerSettingsRow(Base, TenantScoped):
@@ -40,6 +68,9 @@ class CustomerSettingsRow(Base, TenantScoped):
     title_case_names: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
     duplicate_policy: Mapped[str] = mapped_column(String(16), nullable=False, default=WARN)
     default_phone_region: Mapped[str] = mapped_column(String(2), nullable=False, default="CN")
+    # NULL: the service-wide default (never set by the tenant).
+    duplicate_threshold: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    merge_retention_days: Mapped[int | None] = mapped_column(Integer, nullable=True)
     version: Mapped[int] = mapped_column(Integer, nullable=False, default=1)
     update_time: Mapped[datetime] = mapped_column(UtcDateTime(), nullable=False, default=utcnow)
 
@@ -49,6 +80,8 @@ class CustomerSettings:
     title_case_names: bool = False
     duplicate_policy: str = WARN
     default_phone_region: str = "CN"
+    duplicate_threshold: int = DEFAULT_THRESHOLD
+    merge_retention_days: int = DEFAULT_RETENTION_DAYS
     version: int = 0  # 0: never changed (the defaults)
     update_time: datetime | None = None
 
@@ -57,15 +90,25 @@ class CustomerSettings:
             title_case_names=self.title_case_names,
             duplicate_policy=self.duplicate_policy,
             default_phone_region=self.default_phone_region,
+            duplicate_threshold=self.duplicate_threshold,
+            merge_retention_days=self.merge_retention_days,
             version=self.version,
         )
         if self.update_time is not None:
             msg.update_time.FromDatetime(self.update_time)
         return msg
 
+    @property
+    def merge_retention(self) -> timedelta:
+        return timedelta(days=self.merge_retention_days)
+
 
 def defaults() -> CustomerSettings:
-    return CustomerSettings(default_phone_region=default_region())
+    return CustomerSettings(
+        default_phone_region=default_region(),
+        duplicate_threshold=default_threshold(),
+        merge_retention_days=default_retention_days(),
+    )
 
 
 async def get_settings(session: AsyncSession) -> CustomerSettings:
@@ -77,6 +120,8 @@ async def get_settings(session: AsyncSession) -> CustomerSettings:
         title_case_names=row.title_case_names,
         duplicate_policy=row.duplicate_policy,
         default_phone_region=row.default_phone_region,
+        duplicate_threshold=row.duplicate_threshold or default_threshold(),
+        merge_retention_days=row.merge_retention_days or default_retention_days(),
         version=row.version,
         update_time=row.update_time,
     )
@@ -104,6 +149,12 @@ def _changes(request: customer_pb2.UpdateCustomerSettingsRequest) -> dict[str, o
         if region not in COUNTRIES:
             v.add("default_phone_region", "must be an ISO 3166-1 alpha-2 region code such as CN or US")
         out["default_phone_region"] = region
+    for field, (low, high) in (("duplicate_threshold", THRESHOLD_RANGE), ("merge_retention_days", RETENTION_RANGE)):
+        if request.HasField(field):
+            value = getattr(request, field)
+            if not low <= value <= high:
+                v.add(field, f"must be between {low} and {high}")
+            out[field] = value
     v.raise_if_any()
     return out
 
@@ -120,7 +171,9 @@ async def update_settings(
     if request.version and request.version != current.version:
         raise StaleVersion(request.version, current.version)
     wanted = replace(current, **changes)  # type: ignore[arg-type]
-    if wanted == current:
+    # Setting a defaulted value to what it is now still pins it: it no longer follows the service default.
+    pinned = [f for f in DEFAULTED if f in changes and getattr(row, f, None) != changes[f]]
+    if wanted == current and not pinned:
         return current
     if row is None:
         row = CustomerSettingsRow(tenant_id=tenant, version=0)
@@ -128,6 +181,9 @@ async def update_settings(
     row.title_case_names = wanted.title_case_names
     row.duplicate_policy = wanted.duplicate_policy
     row.default_phone_region = wanted.default_phone_region
+    for field in DEFAULTED:
+        if field in changes:
+            setattr(row, field, changes[field])
     row.version = (row.version or 0) + 1
     row.update_time = utcnow()
     await session.flush()

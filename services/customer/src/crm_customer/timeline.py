@@ -488,11 +488,20 @@ async def apply_event(session: AsyncSession, event: Event) -> None:
     id_ = entry_id(event.tenant_id, event.id, event.time)
     if await session.get(Interaction, id_) is not None:
         return
+    contact_id = learned.contact_id
+    if await session.get(Contact, contact_id) is None:
+        # An event about a contact merged away meanwhile (sent before the merge, or by a service that has
+        # not repointed yet) goes to the survivor, and is listed with the merge so an unmerge takes it back.
+        from crm_customer import merge  # merge builds on this module
+
+        contact_id = await merge.take_late_entry(session, contact_id, id_)
+        if contact_id != learned.contact_id and await is_erased(session, contact_id):
+            return
     now = utcnow()
     session.add(
         Interaction(
             id=id_,
-            contact_id=learned.contact_id,
+            contact_id=contact_id,
             kind=learned.kind,
             occurred_at=event.time,
             subject=learned.summary.subject,

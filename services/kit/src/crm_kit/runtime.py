@@ -1,6 +1,6 @@
-"""One service process: database, event bus, outbox relay, consumers and the gRPC server on one event
-loop, started and stopped in order; plus the command line every service shares (serve, migrate,
-deadletters)."""
+"""One service process: database, event bus, outbox relay, consumers, chores (periodic housekeeping) and
+the gRPC server on one event loop, started and stopped in order; plus the command line every service shares
+(serve, migrate, deadletters)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import asyncio
 import json
 import logging
 import signal
+import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,6 +58,19 @@ class Command:
 
 
 @dataclass(frozen=True)
+class Chore:
+    """Housekeeping the service process runs by itself: `run(db)` once `first_delay` seconds after start,
+    then every `interval` seconds, until the service stops (a run in progress then is cancelled after the
+    shutdown's wait). Every replica runs it, so it must be idempotent and safe to run concurrently. A failing
+    run is logged and the next one comes at its time: a chore never stops the service."""
+
+    name: str
+    interval: float  # seconds between the end of one run and the start of the next
+    run: Callable[[Database], Awaitable[object]]
+    first_delay: float = 60.0
+
+
+@dataclass(frozen=True)
 class ServiceSpec:
     name: str
     default_grpc_port: int
@@ -70,6 +84,8 @@ class ServiceSpec:
     # What the service holds about a person (crm_kit.privacy): serves crm.common.v1.PersonalDataService and
     # runs the "<name>-privacy" consumer erasing a contact on crm.customer.contact.erased.
     personal_data: PersonalData | None = None
+    # Periodic housekeeping of the service process (e.g. purging data past its retention).
+    chores: Sequence[Chore] = ()
 
 
 class ServiceRuntime:
@@ -120,6 +136,8 @@ class ServiceRuntime:
             )
             self.consumers.append(consumer)
             self._tasks.append(asyncio.create_task(consumer.run(self._stop), name=sub.name))
+        for chore in self.spec.chores:
+            self._tasks.append(asyncio.create_task(self._run_chore(chore), name=f"{self.spec.name}-{chore.name}"))
         self.grpc = GrpcServer(
             service=self.spec.name,
             servicers=[
@@ -136,6 +154,18 @@ class ServiceRuntime:
             from prometheus_client import start_http_server
 
             start_http_server(self.settings.metrics_port)
+
+    async def _run_chore(self, chore: Chore) -> None:
+        delay = chore.first_delay
+        while not await _stopped_within(self._stop, delay):
+            started = time.monotonic()
+            try:
+                await chore.run(self.db)
+            except Exception:
+                log.exception("chore %s failed", chore.name)
+            else:
+                log.debug("chore %s took %.2f s", chore.name, time.monotonic() - started)
+            delay = chore.interval
 
     def _privacy_subscriptions(self) -> list[Subscription]:
         personal_data = self.spec.personal_data
@@ -178,6 +208,15 @@ class ServiceRuntime:
         log.info("%s shutting down", self.spec.name)
         await self.stop()
         shutdown_tracing()
+
+
+async def _stopped_within(stop: asyncio.Event, seconds: float) -> bool:
+    """Wait up to `seconds` for `stop`; whether it was set."""
+    try:
+        await asyncio.wait_for(stop.wait(), timeout=max(seconds, 0))
+    except TimeoutError:
+        return False
+    return True
 
 
 def migrate(spec: ServiceSpec, settings: ServiceSettings, kit: KitSettings) -> None:

@@ -20,6 +20,10 @@ RLS_POLICY = "tenant_isolation"
 APPEND_ONLY_TABLES = ("audit_log",)
 AUDIT_REDACT_SIGNATURE = "audit_log_redact(text, text, text[])"
 ANALYZE_SIGNATURE = "crm_analyze(text)"
+# SECURITY DEFINER functions of the public schema named crm_* are entry points made for the application
+# role, each able to do one narrow thing (crm_analyze, a service's own such as customer's
+# crm_purge_merge_snapshots): grant_app_role grants EXECUTE on them.
+APP_FUNCTION_PREFIX = "crm_"
 
 
 def alembic_config(migrations_dir: Path, url: str, app_role: str = "") -> Config:
@@ -80,9 +84,28 @@ def grant_app_role(connection: Connection, role: str) -> None:
     ).scalar()
     if redact is not None:
         connection.execute(sa.text(f"GRANT EXECUTE ON FUNCTION public.{AUDIT_REDACT_SIGNATURE} TO {quoted}"))
-    analyze = connection.execute(sa.text("SELECT to_regprocedure(:f)"), {"f": f"public.{ANALYZE_SIGNATURE}"}).scalar()
-    if analyze is not None:
-        connection.execute(sa.text(f"GRANT EXECUTE ON FUNCTION public.{ANALYZE_SIGNATURE} TO {quoted}"))
+    entry_points = connection.execute(
+        sa.text(
+            "SELECT format('%I.%I(%s)', n.nspname, p.proname, pg_get_function_identity_arguments(p.oid)) "
+            "FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
+            "WHERE n.nspname = 'public' AND p.prosecdef AND starts_with(p.proname, :prefix)"
+        ),
+        {"prefix": APP_FUNCTION_PREFIX},
+    ).scalars()
+    for signature in list(entry_points):
+        connection.execute(sa.text(f"GRANT EXECUTE ON FUNCTION {signature} TO {quoted}"))
+
+
+def grant_app_function(op: Operations, signature: str) -> None:
+    """PostgreSQL, in a migration creating the function `signature` (a SECURITY DEFINER entry point for the
+    application role, named crm_*): nobody but the owner may call it, except the configured app role."""
+    op.execute(f"REVOKE ALL ON FUNCTION {signature} FROM PUBLIC")
+    app_role = _configured_app_role()
+    if app_role:
+        exists = op.get_bind().execute(sa.text("SELECT 1 FROM pg_roles WHERE rolname = :r"), {"r": app_role})
+        if exists.scalar():
+            quoted = op.get_bind().dialect.identifier_preparer.quote(app_role)
+            op.execute(f"GRANT EXECUTE ON FUNCTION {signature} TO {quoted}")
 
 
 def create_analyze_function(op: Operations) -> None:
@@ -104,13 +127,7 @@ def create_analyze_function(op: Operations) -> None:
         $$
         """
     )
-    op.execute(f"REVOKE ALL ON FUNCTION {ANALYZE_SIGNATURE} FROM PUBLIC")
-    app_role = _configured_app_role()
-    if app_role:
-        exists = op.get_bind().execute(sa.text("SELECT 1 FROM pg_roles WHERE rolname = :r"), {"r": app_role})
-        if exists.scalar():
-            quoted = op.get_bind().dialect.identifier_preparer.quote(app_role)
-            op.execute(f"GRANT EXECUTE ON FUNCTION {ANALYZE_SIGNATURE} TO {quoted}")
+    grant_app_function(op, ANALYZE_SIGNATURE)
 
 
 def resource_columns() -> list[sa.Column[object]]:
