@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
 import grpc
@@ -15,8 +16,9 @@ from google.protobuf import json_format
 from crm.customer.v1 import custom_fields_pb2 as cf
 from crm.customer.v1 import custom_fields_pb2_grpc, customer_pb2_grpc
 from crm.customer.v1 import customer_pb2 as pb
-from crm_customer import custom_field_search
+from crm_customer import custom_field_search, search
 from crm_customer.app import SPEC
+from crm_kit.context import Principal, tenant_scope
 from crm_kit.runtime import ServiceRuntime
 from crm_kit.testing.databases import DatabaseFactory
 from crm_kit.testing.grpc import violations
@@ -385,3 +387,61 @@ async def test_a_page_token_is_bound_to_the_custom_order(sorted_world: World) ->
             metadata=sorted_world.md,
         )
     assert set(violations(err.value)) == {"page_token"}
+
+
+MEMBER = "0190a5f2-0000-7000-8000-00000000a001"
+OTHER = "0190a5f2-0000-7000-8000-00000000a002"
+
+
+async def test_a_custom_order_read_from_the_value_index_equals_the_sorted_query(
+    runtime: ServiceRuntime, token_issuer: TokenIssuer
+) -> None:
+    # A page of `custom.<key>` alone is read from the value index (custom_field_search.contact_page); the
+    # export path still sorts the coalesced value (search.contact_query). Walking every page, in both
+    # directions and with every kind of filter, gives exactly that order.
+    tenant = "t-cf-index-order"
+    admin = token_issuer.metadata(tenant)
+    member = token_issuer.metadata(tenant, subject=MEMBER, roles=("member",))
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{runtime.port}") as channel:
+        fields = custom_fields_pb2_grpc.CustomFieldServiceStub(channel)
+        customer = customer_pb2_grpc.CustomerServiceStub(channel)
+        for key, kind, options in SORT_FIELDS:
+            definition = cf.CustomFieldDefinition(
+                entity="contact", key=key, label=key, type=kind, options=[cf.CustomFieldOption(key=o) for o in options]
+            )
+            await fields.CreateCustomFieldDefinition(
+                cf.CreateCustomFieldDefinitionRequest(custom_field_definition=definition), metadata=admin
+            )
+        for i in range(45):
+            message = pb.Contact(last_name=("Zhou" if i % 3 else "Qian") + f"{i:02d}", owner_id=(MEMBER, OTHER)[i % 2])
+            json_format.ParseDict({"custom_fields": sort_values(i)}, message)
+            await customer.CreateContact(pb.CreateContactRequest(contact=message), metadata=admin)
+        world = World(customer, admin, {})
+        member_world = World(customer, member, {})
+        principals = {
+            id(world): Principal(subject="user-1", tenant_id=tenant, roles=("admin",)),
+            id(member_world): Principal(subject=MEMBER, tenant_id=tenant, roles=("member",)),
+        }
+
+        async def reference(w: World, order_by: str, **filters: Any) -> list[str]:
+            request = SimpleNamespace(order_by=order_by, **filters)
+            with tenant_scope(tenant):
+                async with runtime.db.transaction() as session:
+                    stmt = await search.contact_query(session, request, principals[id(w)])
+                    return [c.id for c in (await session.execute(stmt)).scalars()]
+
+        cases: list[tuple[World, dict[str, Any]]] = [
+            (world, {}),
+            (member_world, {}),
+            (world, {"q": "zhou"}),
+            (member_world, {"q": "qian"}),
+            (world, {"custom_filter": ["tier=gold"]}),
+            (member_world, {"custom_filter": ["rank>=0"], "q": "zhou"}),
+        ]
+        for key, _, _ in SORT_FIELDS:
+            for w, filters in cases:
+                for order_by, page_size in ((f"custom.{key}", 4), (f"-custom.{key}", 5)):
+                    expected = await reference(w, order_by, **filters)
+                    got = await all_pages(w, order_by, page_size=page_size, **filters)
+                    assert got == expected, (order_by, filters)
+                    assert len(set(got)) == len(got) and got, (order_by, filters)

@@ -24,9 +24,10 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, case, func, literal, select
+from sqlalchemy import ColumnElement, Select, and_, case, func, literal, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.orm import aliased
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.visitors import InternalTraversal
 
@@ -46,10 +47,10 @@ from crm_customer.custom_fields import (
     Definition,
     parse_date,
 )
-from crm_kit import ordering
+from crm_kit import ordering, pagination
 from crm_kit.context import require_tenant
 from crm_kit.errors import InvalidArgument, Violations
-from crm_kit.ordering import SortField
+from crm_kit.ordering import SortField, SortKey
 
 FILTER_FIELD = "custom_filter"
 SORT_PREFIX = "custom."
@@ -315,6 +316,116 @@ def custom_sort_key(entity: str, name: str, catalog: Catalog, field: str = "orde
     return SortField(func.coalesce(value, missing), SORT_KINDS[definition.type])
 
 
+# --- a page ordered by one custom field, from its value index ------------------------------------------
+
+VALUED, MISSING = "v", "m"  # the two runs of such an order, as a page token names them
+
+
+def index_ordered(order_by: str) -> bool:
+    """Whether a list in `order_by` is read by `contact_page` (one custom key and nothing else)."""
+    names = [n for n in order_by.split(",") if n.strip()]
+    return len(names) == 1 and names[0].strip().lstrip("-").startswith(SORT_PREFIX)
+
+
+async def contact_page(
+    session: AsyncSession,
+    keys: Sequence[SortKey],
+    where: Sequence[ColumnElement[bool]],
+    *,
+    page_size: int,
+    page_token: str,
+    filters: dict[str, Any],
+) -> tuple[list[Any], str] | None:
+    """crm_customer.search's pager for `order_by=custom.<key>` alone (ascending or descending): the records
+    with a value come from the typed index in (value, id) order and stop at a full page, so a page costs the
+    same at 100k contacts as at 100, where sorting the coalesced value (`custom_sort_key`) read and sorted
+    every contact of the tenant. The records without a value follow (ascending) or precede (descending) in
+    id order, as `custom_sort_key` orders them. None for any other order (a custom key among others)."""
+    if len(keys) != 1 or not keys[0].name.startswith(SORT_PREFIX):
+        return None
+    definition = (await Catalog.load(session, CONTACT)).get(keys[0].name.removeprefix(SORT_PREFIX))
+    if definition is None or definition.type == MULTI_SELECT:
+        return None  # custom_sort_key has refused it already
+    descending = keys[0].descending
+    kind = ordering.BOOL if definition.type == BOOLEAN else SORT_KINDS[definition.type]
+    bound = {**filters, "__order_by": keys[0].spelled}
+    size = pagination.page_size(page_size)
+    runs = [MISSING, VALUED] if descending else [VALUED, MISSING]
+    start = pagination.decode_key(page_token, bound, 3) if page_token else None
+    if start is not None and start[0] not in runs:
+        raise InvalidArgument.field("page_token", "is not a token this service issued")
+    rows: list[Any] = []
+    for run in runs[runs.index(start[0]) :] if start else runs:
+        after = start if start is not None and start[0] == run and start[2] else None
+        start = None
+        wanted = size - len(rows)
+        found, values = await _run(session, run, definition, kind, where, after, descending, wanted + 1)
+        if len(found) > wanted:
+            if wanted == 0:  # the page is full at the end of the run before: the next page starts this run
+                return rows, pagination.encode_token([run, "", ""], bound)
+            rows.extend(found[:wanted])
+            last = ordering.spell(kind, values[wanted - 1]) if run == VALUED else ""
+            return rows, pagination.encode_token([run, last, rows[-1].id], bound)
+        rows.extend(found)
+    return rows, ""
+
+
+async def _run(
+    session: AsyncSession,
+    run: str,
+    definition: Definition,
+    kind: str,
+    where: Sequence[ColumnElement[bool]],
+    after: list[str] | None,
+    descending: bool,
+    limit: int,
+) -> tuple[list[Any], list[Any]]:
+    """Up to `limit` contacts of one run after the token's position, and (valued run) their values."""
+    position: Any = None
+    if after is not None and run == VALUED:
+        try:
+            position = (ordering.read(kind, after[1]), after[2])
+        except (ValueError, TypeError):
+            raise InvalidArgument.field("page_token", "is not a token this service issued") from None
+    elif after is not None:
+        position = after[2]
+    stmt = run_statement(run, definition, where, position, descending).limit(limit)
+    if run == VALUED:
+        result = (await session.execute(stmt)).all()
+        return [r[0] for r in result], [r[1] for r in result]
+    return list((await session.execute(stmt)).scalars()), []
+
+
+def run_statement(
+    run: str, definition: Definition, where: Sequence[ColumnElement[bool]], after: Any, descending: bool
+) -> Select[Any]:
+    """The contacts of one run of a `custom.<key>` order, in that order, after `after` ((value, id) for
+    the valued run, an id for the missing one; None from the start). The valued run reads the typed
+    index (tenant_id, entity, key, <value>, record_id) in order and joins each contact by primary key."""
+    v = aliased(CustomFieldValue)  # its own name: custom_filter's probes of the table correlate to contacts only
+    model = ENTITIES[CONTACT]
+    column: ColumnElement[Any] = getattr(v, VALUE_COLUMNS[definition.type].key)
+    own = (v.tenant_id == require_tenant(), v.entity == CONTACT, v.key == definition.key, v.ordinal == 0)
+    if run == VALUED:
+        stmt = (
+            select(model, column)
+            .join(v, and_(v.tenant_id == model.tenant_id, v.record_id == model.id))
+            .where(*own, *where)
+        )
+        if after is not None:
+            value, last_id = after
+            position = tuple_(column, v.record_id)
+            mark = tuple_(literal(value, type_=column.type), literal(last_id, type_=v.record_id.type))
+            stmt = stmt.where(position < mark if descending else position > mark)
+        order = [column.desc(), v.record_id.desc()] if descending else [column.asc(), v.record_id.asc()]
+        return stmt.order_by(*order)
+    has_value = select(literal(1)).where(*own, v.record_id == model.id).exists()
+    stmt = select(model).where(*where, ~has_value)
+    if after is not None:
+        stmt = stmt.where(model.id < after if descending else model.id > after)
+    return stmt.order_by(model.id.desc() if descending else model.id.asc())
+
+
 async def contact_sort(session: AsyncSession, name: str) -> SortField | None:
     """crm_customer.search's sort provider: `custom.<key>` of contacts; None for other names."""
     if not name.startswith(SORT_PREFIX):
@@ -325,9 +436,13 @@ async def contact_sort(session: AsyncSession, name: str) -> SortField | None:
 async def contact_filter(session: AsyncSession, request: Any) -> list[ColumnElement[bool]]:
     """crm_customer.search's filter provider: `request.custom_filter` of a contact list."""
     exprs = list(getattr(request, FILTER_FIELD, None) or ())
-    custom_order = SORT_PREFIX in str(getattr(request, "order_by", "") or "")
-    return await filter_clauses(session, CONTACT, exprs, ordered_by_index=not custom_order)
+    order_by = str(getattr(request, "order_by", "") or "")
+    # A custom key among others sorts every match (IN lists); alone, or no custom key, the list is read in
+    # an index's order and stops at a full page (per-record probes).
+    sorts_every_match = SORT_PREFIX in order_by and not index_ordered(order_by)
+    return await filter_clauses(session, CONTACT, exprs, ordered_by_index=not sorts_every_match)
 
 
 search.register_filter(contact_filter)
 search.register_sort(contact_sort)
+search.register_pager(contact_page)

@@ -18,7 +18,10 @@ Extension points (custom fields):
   - `register_filter(provider)`: `async provider(session, request) -> [where-clauses]`, e.g. for
     `request.custom_filter`;
   - `register_sort(provider)`: `async provider(session, name) -> SortField | [SortField] | None` for
-    order_by names the built-in whitelist does not know (e.g. "custom.<key>"); None means "not mine".
+    order_by names the built-in whitelist does not know (e.g. "custom.<key>"); None means "not mine";
+  - `register_pager(pager)`: `async pager(session, keys, where, page_size=, page_token=, filters=) ->
+    (rows, token) | None` reads a page of an order it can serve better than `keyset_page` (e.g. from an
+    index of its own in order); None means "not mine".
 Sort expressions must never be NULL.
 """
 
@@ -74,8 +77,11 @@ PAGING_FIELDS = ("page_size", "page_token")
 
 FilterProvider = Callable[[AsyncSession, Any], Awaitable[Sequence[ColumnElement[bool]]]]
 SortProvider = Callable[[AsyncSession, str], Awaitable[SortField | Sequence[SortField] | None]]
+Page = tuple[list[Contact], str]
+Pager = Callable[..., Awaitable[Page | None]]
 _filter_providers: list[FilterProvider] = []
 _sort_providers: list[SortProvider] = []
+_pagers: list[Pager] = []
 
 
 def register_filter(provider: FilterProvider) -> FilterProvider:
@@ -90,6 +96,13 @@ def register_sort(provider: SortProvider) -> SortProvider:
     if provider not in _sort_providers:
         _sort_providers.append(provider)
     return provider
+
+
+def register_pager(pager: Pager) -> Pager:
+    """Serve pages of the orders `pager` knows (idempotent per pager)."""
+    if pager not in _pagers:
+        _pagers.append(pager)
+    return pager
 
 
 # --- filters ------------------------------------------------------------------------------------------
@@ -257,16 +270,17 @@ async def list_contacts(session: AsyncSession, request: Any, principal: Principa
     """One page of `contact_query`, with stable keyset pagination (the token carries the last sort key
     and id, and is bound to the filters and order)."""
     keys = await _sort_keys(session, request)
-    stmt = select(Contact).where(*await _where(session, request, principal))
-    return await keyset_page(
-        session,
-        stmt,
-        keys,
-        Contact.id,
-        page_size=int(_get(request, "page_size", 0) or 0),
-        page_token=str(_get(request, "page_token")),
-        filters=request_filters(request),
-    )
+    where = await _where(session, request, principal)
+    paging: dict[str, Any] = {
+        "page_size": int(_get(request, "page_size", 0) or 0),
+        "page_token": str(_get(request, "page_token")),
+        "filters": request_filters(request),
+    }
+    for pager in _pagers:
+        page = await pager(session, keys, where, **paging)
+        if page is not None:
+            return page
+    return await keyset_page(session, select(Contact).where(*where), keys, Contact.id, **paging)
 
 
 __all__ = [
@@ -279,5 +293,6 @@ __all__ = [
     "list_contacts",
     "parse_time",
     "register_filter",
+    "register_pager",
     "register_sort",
 ]

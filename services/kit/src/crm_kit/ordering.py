@@ -146,7 +146,8 @@ def _expression(column: SQLColumnExpression[Any]) -> ColumnElement[Any]:
     return clause() if clause is not None else column  # type: ignore[return-value]
 
 
-def _spell(kind: str, value: Any) -> str:
+def spell(kind: str, value: Any) -> str:
+    """A sort value as a page token holds it."""
     if kind == DATETIME:
         if not isinstance(value, datetime):
             raise TypeError(f"sort value {value!r} is not a datetime")
@@ -162,7 +163,8 @@ def _spell(kind: str, value: Any) -> str:
     return "" if value is None else str(value)
 
 
-def _read(kind: str, text: str) -> Any:
+def read(kind: str, text: str) -> Any:
+    """A sort value back from `spell`; ValueError or TypeError when the text is not one."""
     if kind == DATETIME:
         parsed = datetime.fromisoformat(text)
         if parsed.tzinfo is None:
@@ -182,7 +184,7 @@ def _read(kind: str, text: str) -> Any:
 
 
 def encode_after(keys: Sequence[SortKey], values: Sequence[Any], last_id: str, filters: dict[str, Any]) -> str:
-    parts = [_spell(k.kind, v) for k, v in zip(keys, values, strict=True)]
+    parts = [spell(k.kind, v) for k, v in zip(keys, values, strict=True)]
     return pagination.encode_token([*parts, last_id], _bound_filters(keys, filters))
 
 
@@ -192,7 +194,7 @@ def decode_after(token: str, keys: Sequence[SortKey], filters: dict[str, Any]) -
     if parts is None:
         return None
     try:
-        values = [_read(k.kind, p) for k, p in zip(keys, parts, strict=False)]
+        values = [read(k.kind, p) for k, p in zip(keys, parts, strict=False)]
     except (ValueError, TypeError):
         raise InvalidArgument.field("page_token", "is not a token this service issued") from None
     return values, parts[-1]
