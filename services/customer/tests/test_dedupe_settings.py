@@ -121,10 +121,9 @@ async def test_settings_round_trip_and_validation(calls: Calls, token_issuer: To
     assert (got.duplicate_threshold, got.merge_retention_days, got.version) == (80, 7, 3)
     assert (await calls.settings(md, duplicate_threshold=80)).version == 3  # no change, no new version
     for changes, fields in (
-        ({"duplicate_threshold": 0}, {"duplicate_threshold"}),
         ({"duplicate_threshold": 101}, {"duplicate_threshold"}),
         ({"duplicate_threshold": -5}, {"duplicate_threshold"}),
-        ({"merge_retention_days": 0}, {"merge_retention_days"}),
+        ({"merge_retention_days": -1}, {"merge_retention_days"}),
         ({"merge_retention_days": 3651}, {"merge_retention_days"}),
         ({"duplicate_threshold": 200, "merge_retention_days": -1}, {"duplicate_threshold", "merge_retention_days"}),
     ):
@@ -164,6 +163,29 @@ async def test_the_environment_is_the_default_until_a_tenant_sets_one(
     monkeypatch.setenv("CUSTOMER_MERGE_RETENTION_DAYS", "forever")
     s = await calls.contacts.GetCustomerSettings(cpb.GetCustomerSettingsRequest(), metadata=never)
     assert (s.duplicate_threshold, s.merge_retention_days) == (70, 30)
+
+
+async def test_zero_resets_a_setting_to_the_service_default(
+    calls: Calls, token_issuer: TokenIssuer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    md = token_issuer.metadata(tenant())
+    monkeypatch.setenv("CUSTOMER_DUPLICATE_THRESHOLD", "55")
+    s = await calls.settings(md, duplicate_threshold=80, merge_retention_days=7)
+    assert (s.duplicate_threshold, s.merge_retention_days, s.version) == (80, 7, 1)
+    s = await calls.settings(md, duplicate_threshold=0)
+    assert (s.duplicate_threshold, s.merge_retention_days, s.version) == (55, 7, 2)
+    # Reset, it follows the default again as the default changes; the other setting stays pinned.
+    monkeypatch.setenv("CUSTOMER_DUPLICATE_THRESHOLD", "60")
+    s = await calls.contacts.GetCustomerSettings(cpb.GetCustomerSettingsRequest(), metadata=md)
+    assert (s.duplicate_threshold, s.merge_retention_days, s.version) == (60, 7, 2)
+    assert (await calls.settings(md, duplicate_threshold=0)).version == 2  # already following: no change
+    # Pinning the default's current value, then resetting it: the effective value stays, the row changes.
+    assert (await calls.settings(md, duplicate_threshold=60)).version == 3
+    s = await calls.settings(md, duplicate_threshold=0, merge_retention_days=0)
+    assert (s.duplicate_threshold, s.merge_retention_days, s.version) == (60, 30, 4)
+    monkeypatch.setenv("CUSTOMER_DUPLICATE_THRESHOLD", "65")
+    s = await calls.contacts.GetCustomerSettings(cpb.GetCustomerSettingsRequest(), metadata=md)
+    assert s.duplicate_threshold == 65
 
 
 # --- the threshold on create and in FindDuplicates ----------------------------------------------------

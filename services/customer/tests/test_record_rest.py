@@ -119,7 +119,7 @@ def test_dedupe_settings_over_rest(gateway: Gateway) -> None:
     assert (s["duplicate_threshold"], s["merge_retention_days"], s["version"]) == (80, 7, 2)
     for body, fields in (
         ({"duplicate_threshold": 101}, {"duplicate_threshold"}),
-        ({"duplicate_threshold": 0}, {"duplicate_threshold"}),
+        ({"duplicate_threshold": -1}, {"duplicate_threshold"}),
         ({"merge_retention_days": 3651}, {"merge_retention_days"}),
         ({"duplicate_threshold": "eighty"}, {"duplicate_threshold"}),
     ):
@@ -129,6 +129,8 @@ def test_dedupe_settings_over_rest(gateway: Gateway) -> None:
         initech.admin.patch("/api/v1/customer-settings", json={"duplicate_threshold": 101}).json()
     )
     assert initech.manager.patch("/api/v1/customer-settings", json={"duplicate_threshold": 50}).status_code == 403
+    reset = initech.admin.patch("/api/v1/customer-settings", json={"duplicate_threshold": 0}).json()
+    assert (reset["duplicate_threshold"], reset["merge_retention_days"], reset["version"]) == (70, 7, 3)
     # The threshold applies on create: at 40 two people called 张伟 are likely duplicates.
     initech.admin.patch("/api/v1/customer-settings", json={"duplicate_threshold": 40})
     first = initech.admin.post("/api/v1/contacts", json={"last_name": "张伟"}).json()

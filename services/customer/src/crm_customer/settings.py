@@ -61,6 +61,9 @@ def default_retention_days() -> int:
     return _env_int(RETENTION_ENV, RETENTION_RANGE, DEFAULT_RETENTION_DAYS)
 
 
+SERVICE_DEFAULTS = {"duplicate_threshold": default_threshold, "merge_retention_days": default_retention_days}
+
+
 class CustomerSettingsRow(Base, TenantScoped):
     __tablename__ = "customer_settings"
 
@@ -152,9 +155,12 @@ def _changes(request: customer_pb2.UpdateCustomerSettingsRequest) -> dict[str, o
     for field, (low, high) in (("duplicate_threshold", THRESHOLD_RANGE), ("merge_retention_days", RETENTION_RANGE)):
         if request.HasField(field):
             value = getattr(request, field)
-            if not low <= value <= high:
-                v.add(field, f"must be between {low} and {high}")
-            out[field] = value
+            if value == 0:
+                out[field] = None  # back to the service-wide default, and following it again
+            elif not low <= value <= high:
+                v.add(field, f"must be between {low} and {high}, or 0 for the service-wide default")
+            else:
+                out[field] = value
     v.raise_if_any()
     return out
 
@@ -170,8 +176,10 @@ async def update_settings(
     current = await get_settings(session) if row is not None else defaults()
     if request.version and request.version != current.version:
         raise StaleVersion(request.version, current.version)
-    wanted = replace(current, **changes)  # type: ignore[arg-type]
-    # Setting a defaulted value to what it is now still pins it: it no longer follows the service default.
+    effective = {f: SERVICE_DEFAULTS[f]() if value is None else value for f, value in changes.items()}
+    wanted = replace(current, **effective)  # type: ignore[arg-type]
+    # Setting a defaulted value to what it is now still pins it (it no longer follows the service default),
+    # and resetting one unpins it: both change the row even when the effective value stays.
     pinned = [f for f in DEFAULTED if f in changes and getattr(row, f, None) != changes[f]]
     if wanted == current and not pinned:
         return current
