@@ -103,3 +103,46 @@ def test_mapping_file_and_errors(env: dict[str, str], tmp_path: Path) -> None:
 
     missing = crmctl(str(data), "--tenant", "nope")
     assert missing.exit_code != 0 and "no tenant 'nope'" in missing.output
+
+
+def export(*args: str) -> Result:
+    return CliRunner().invoke(cli, ["contacts", "export", *args], catch_exceptions=False)
+
+
+def test_export_a_filtered_list_as_csv_and_xlsx(
+    env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rows = "external_id,first_name,last_name,email,tags\n" + "".join(
+        f"exp-{i},Name{i},导出{i},exp{i}@example.com,{'cli-export' if i % 2 else 'cli-other'}\n" for i in range(6)
+    )
+    assert crmctl(str(write(tmp_path / "exp.csv", rows)), "--tenant", "acme").exit_code == 0
+    out = tmp_path / "tagged.csv"
+    result = export("--tenant", "acme", "--tag", "cli-export", "--order-by", "external_id", "-o", str(out))
+    assert result.exit_code == 0, result.output
+    lines = out.read_text(encoding="utf-8-sig").splitlines()
+    assert lines[0].startswith("id,") and "external_id" in lines[0].split(",")
+    assert [line.split(",")[lines[0].split(",").index("external_id")] for line in lines[1:]] == [
+        "exp-1",
+        "exp-3",
+        "exp-5",
+    ]
+    assert "导出1" in lines[1]
+
+    openpyxl = pytest.importorskip("openpyxl")
+    xlsx = tmp_path / "tagged.xlsx"
+    assert export("--tenant", "acme", "--tag", "cli-export", "--format", "xlsx", "-o", str(xlsx)).exit_code == 0
+    sheet = openpyxl.load_workbook(xlsx).active
+    assert sheet.max_row == 4  # the header and three contacts
+
+    # Without -o the file takes the service's name, in the current directory; - writes to stdout.
+    monkeypatch.chdir(tmp_path)
+    named = export("--tenant", "acme", "--tag", "cli-export")
+    assert named.exit_code == 0 and "wrote " in named.output
+    assert export("--tenant", "acme", "-q", "exp4@example.com", "-o", "-").output.count("exp-4") == 1
+
+    # Another tenant's export never holds them.
+    assert "exp-" not in export("--tenant", "other", "--tag", "cli-export", "-o", "-").output
+    # A bad filter names the field and exits non-zero, writing nothing.
+    bad = export("--tenant", "acme", "--classification", "vip", "-o", str(tmp_path / "bad.csv"))
+    assert bad.exit_code != 0 and "classification" in bad.output
+    assert not (tmp_path / "bad.csv").exists()

@@ -323,6 +323,74 @@ def contacts_import(file: Path, tenant_slug: str, dry_run: bool, mapping: Path |
         raise SystemExit(1)
 
 
+@contacts.command("export", help="Export a tenant's contacts, or a filtered list of them, as CSV or XLSX.")
+@click.option("--tenant", "tenant_slug", required=True, help="Tenant slug.")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="The file to write (default: the name the service gives, in the current directory); - for stdout.",
+)
+@click.option("--format", "fmt", type=click.Choice(("csv", "xlsx")), default="csv", show_default=True)
+@click.option("-q", "--query", "q", default="", help="Full text: name, email, phone, company.")
+@click.option("--tag", "tags", multiple=True, help="Contacts with this tag (repeatable: all of them).")
+@click.option("--classification", default="", help="core, potential or general.")
+@click.option("--lifecycle-stage", default="", help="lead, prospect, customer, loyal or churned.")
+@click.option("--owner-id", default="", help="The owner's user id.")
+@click.option("--account-id", default="", help="The account's id.")
+@click.option("--created-after", default="", help="RFC 3339 time or YYYY-MM-DD.")
+@click.option("--created-before", default="", help="RFC 3339 time or YYYY-MM-DD.")
+@click.option("--custom-filter", "custom_filters", multiple=True, help="e.g. score>=10 (repeatable).")
+@click.option("--order-by", default="", help="e.g. last_name,-create_time or custom.score.")
+def contacts_export(
+    tenant_slug: str,
+    output: Path | None,
+    fmt: str,
+    q: str,
+    tags: tuple[str, ...],
+    classification: str,
+    lifecycle_stage: str,
+    owner_id: str,
+    account_id: str,
+    created_after: str,
+    created_before: str,
+    custom_filters: tuple[str, ...],
+    order_by: str,
+) -> None:
+    from crm.customer.v1 import transfer_pb2
+    from crm_gateway import contact_import
+
+    request = transfer_pb2.ExportContactsRequest(
+        format=fmt,
+        q=q,
+        tags=list(tags),
+        classification=classification,
+        lifecycle_stage=lifecycle_stage,
+        owner_id=owner_id,
+        account_id=account_id,
+        created_after=created_after,
+        created_before=created_before,
+        custom_filter=list(custom_filters),
+        order_by=order_by,
+    )
+    settings = _settings()
+    db = _migrated_db(settings)
+    try:
+        exported = contact_import.run_export(contact_import.target(db, settings, tenant_slug), request)
+    except contact_import.ImportError_ as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        db.dispose()
+    if output is not None and str(output) == "-":
+        with click.open_file("-", "wb") as stdout:
+            stdout.write(exported.content)
+        return
+    path = output or Path(exported.filename)
+    path.write_bytes(exported.content)
+    click.echo(f"wrote {path} ({len(exported.content):,} bytes, {exported.content_type})", err=True)
+
+
 # --- events and dead letters --------------------------------------------------------------------------
 
 

@@ -1,5 +1,5 @@
 """`crmctl contacts import`: upload a CSV or XLSX file to the customer service of the tenant's cell, follow the
-job with a progress bar and print its problems.
+job with a progress bar and print its problems. `crmctl contacts export`: a filtered list as CSV or XLSX.
 
 crmctl runs next to the gateway database: it mints a short-lived access token for the tenant's first
 admin with the gateway's own signing key and token code (the service verifies it against the gateway's
@@ -158,3 +158,17 @@ def report(job: transfer_pb2.ImportJob, console: Console) -> None:
 
 def has_problems(job: transfer_pb2.ImportJob) -> bool:
     return job.status != "succeeded" or job.problem_count > 0
+
+
+def run_export(
+    t: Target, request: transfer_pb2.ExportContactsRequest, timeout_seconds: float = 300
+) -> transfer_pb2.ExportFile:
+    """The file ExportContacts answers for `request` (the filters and order of a contact list)."""
+    metadata = (("authorization", f"Bearer {t.token}"),)
+    with open_channel(t.address, large_messages=True) as channel:
+        stub = transfer_pb2_grpc.TransferServiceStub(channel)
+        try:
+            reply: transfer_pb2.ExportFile = stub.ExportContacts(request, metadata=metadata, timeout=timeout_seconds)
+        except grpc.RpcError as exc:
+            raise ImportError_(_rpc_message(exc, t.address)) from None
+    return reply
