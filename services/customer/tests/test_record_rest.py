@@ -136,3 +136,26 @@ def test_dedupe_settings_over_rest(gateway: Gateway) -> None:
     first = initech.admin.post("/api/v1/contacts", json={"last_name": "张伟"}).json()
     second = initech.admin.post("/api/v1/contacts", json={"last_name": "张伟"}).json()
     assert [(c["contact_id"], c["score"]) for c in second["duplicate_candidates"]] == [(first["id"], 40)]
+
+
+def test_an_admin_overrides_the_block_policy_with_a_query_parameter(gateway: Gateway) -> None:
+    umbrella = people(gateway, "rec-umbrella")
+    assert umbrella.admin.patch("/api/v1/customer-settings", json={"duplicate_policy": "block"}).status_code == 200
+    body = {"first_name": "Alice", "last_name": "Abernathy", "email": "alice@umbrella.example"}
+    first = umbrella.admin.post("/api/v1/contacts", json=body)
+    assert first.status_code == 201, first.text
+    blocked = umbrella.admin.post("/api/v1/contacts", json=body)
+    assert blocked.status_code == 409 and "email" in problem_fields(blocked), blocked.text
+    # A manager's override is not honoured; an admin's is.
+    assert umbrella.manager.post("/api/v1/contacts?allow_duplicate=true", json=body).status_code == 409
+    allowed = umbrella.admin.post("/api/v1/contacts?allow_duplicate=true", json=body)
+    assert allowed.status_code == 201, allowed.text
+    assert [c["contact_id"] for c in allowed.json()["duplicate_candidates"]] == [first.json()["id"]]
+    assert problem_fields(umbrella.admin.post("/api/v1/contacts?allow_duplicate=perhaps", json=body)) == {
+        "allow_duplicate"
+    }
+    assert problem_fields(umbrella.admin.post("/api/v1/contacts?colour=red", json=body)) == {"colour"}
+    listed = umbrella.admin.get("/api/v1/contacts", params={"q": "alice@umbrella.example"}).json()["items"]
+    assert len(listed) == 2  # the refused requests wrote nothing
+    spec = umbrella.admin.get("/api/v1/openapi.json").json()
+    assert "allow_duplicate" in [p["name"] for p in spec["paths"]["/api/v1/contacts"]["post"]["parameters"]]

@@ -322,15 +322,26 @@ def _pick_version(from_body: int | None) -> int | None:
 # --- handlers, generated per resource -----------------------------------------------------------------
 
 
+def _create_options(res: BoundResource) -> list[FieldDescriptor]:
+    """The create request's own scalar fields beside the resource (CreateContact's `allow_duplicate`): query
+    parameters of the POST, so that the body stays the resource itself."""
+    return query_fields(res.create.input_type, exclude=(res.field,))
+
+
 def _create_view(res: BoundResource) -> Callable[[], Response]:
     msg_cls = GetMessageClass(res.message)
     req_cls = GetMessageClass(res.create.input_type)
 
+    options = [fd.name for fd in _create_options(res)]
+
     def view() -> Response:
+        req = req_cls()
+        parse_query(request.args, req, allowed=options)
         body = read_json_object()
         resource = msg_cls()
         parse_fields(body, resource, drop=res.ignored_on_input | {"version"})
-        created = _invoke(res.service, res.create, req_cls(**{res.field: resource}), res.field)
+        getattr(req, res.field).CopyFrom(resource)
+        created = _invoke(res.service, res.create, req, res.field)
         location = f"{API}/{res.plural}/{created.id}"
         return json_response(to_json(created), 201, {"Location": location, **_etag(created)})
 
@@ -504,6 +515,7 @@ def _register_resource(app: Flask, res: BoundResource) -> None:
                 tag=tag,
                 scope=res.plural,
                 request_body=input_schema,
+                params=_query_params(_create_options(res)),
                 replies={201: Reply("Created", schema, headers=_LOCATION), **conflict, **common},
                 messages=(res.message,),
                 description=f"gRPC {res.create.full_name}. Server-owned fields are ignored.",
