@@ -38,6 +38,29 @@ def create(slug: str = "acme", email: str = "admin@acme.test", password: str = "
     return run("tenants", "create", "--admin-email", email, "--admin-password", password, *extra, "--", slug)
 
 
+def test_the_default_database_must_exist_outside_migrate(
+    env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The built-in default is var/data/gateway.db in the working directory: elsewhere than the checkout a
+    # command would create an empty database and a tenant nobody can log in to.
+    monkeypatch.delenv("GATEWAY_DATABASE_URL")
+    stray = tmp_path / "elsewhere"
+    stray.mkdir()
+    monkeypatch.chdir(stray)
+    for args in (
+        ("tenants", "list"),
+        ("tenants", "create", "--admin-email", "a@b.test", "--admin-password", "password-123", "--", "stray"),
+    ):
+        result = CliRunner().invoke(cli, list(args))
+        assert result.exit_code != 0 and "no gateway database at" in result.output, result.output
+        assert "GATEWAY_DATABASE_URL" in result.output
+    assert not (stray / "var").exists()
+    # `migrate` creates it, and the other commands then use it.
+    assert run("migrate", "--gateway-only").exit_code == 0
+    assert (stray / "var" / "data" / "gateway.db").exists()
+    assert run("tenants", "list").exit_code == 0
+
+
 def test_create_migrates_and_creates(env: dict[str, str]) -> None:
     result = create("acme", "admin@acme.test", "password-123", "--name", "Acme 公司")
     assert result.exit_code == 0, result.output

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import os
 import subprocess
 import sys
 from datetime import timedelta
@@ -12,6 +13,7 @@ from pathlib import Path
 import click
 from rich.console import Console
 from rich.table import Table
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 
 from crm_gateway import migrations
@@ -35,8 +37,23 @@ def _migrate_gateway(settings: Settings) -> None:
         raise click.ClickException(f"cannot reach the gateway database: {exc.orig or exc}") from None
 
 
+def _refuse_a_stray_default(settings: Settings) -> None:
+    """The built-in GATEWAY_DATABASE_URL is a SQLite file relative to the working directory (the checkout,
+    where `make dev` runs). From any other directory it would be a new, empty database: tenants created
+    there could never log in, and imports would find no tenant. Only `crmctl migrate` creates it."""
+    if os.environ.get("GATEWAY_DATABASE_URL"):
+        return
+    url = make_url(settings.gateway.database_url)
+    if url.get_backend_name() == "sqlite" and url.database and not Path(url.database).exists():
+        raise click.ClickException(
+            f"no gateway database at {Path(url.database).resolve()}: run crmctl in the directory `make dev` "
+            "runs in (the checkout), or set GATEWAY_DATABASE_URL (`crmctl migrate` creates a new one)"
+        )
+
+
 def _migrated_db(settings: Settings) -> Database:
     """The gateway database, migrated to head first (idempotent)."""
+    _refuse_a_stray_default(settings)
     _migrate_gateway(settings)
     return Database(settings.gateway.database_url)
 
@@ -288,7 +305,18 @@ def contacts() -> None:
     pass
 
 
-@contacts.command("import", help="Import contacts from a CSV or XLSX file (field-name headers need no mapping).")
+@contacts.command(
+    "import",
+    help=(
+        "Import contacts from a CSV or XLSX file into a tenant. Headers that are field names (external_id,"
+        " first_name, last_name, email, phone, tags, ...) or common Chinese headers (姓名, 手机, ...) need no"
+        " mapping. Rows with an external_id already imported update that contact (or are left unchanged), so"
+        " a re-run never duplicates; a row with a problem is reported and changes nothing.\n\n"
+        "Runs beside the gateway database (GATEWAY_DATABASE_URL; by default var/data/gateway.db in the"
+        " checkout) and acts as the tenant's first admin: no login is needed.\n\n"
+        "Exit code 0 when every row was fine, 1 when any row has a problem (dry run or not) or the job failed."
+    ),
+)
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--tenant", "tenant_slug", required=True, help="Tenant slug.")
 @click.option("--dry-run", is_flag=True, help="Check every row and report problems; write nothing.")
