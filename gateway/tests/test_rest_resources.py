@@ -200,12 +200,20 @@ def test_list_pages_and_filters(api: Callable[..., Any], wired: Any) -> None:
         ("page_size=1.5", "page_size"),
         ("page_size=99999999999", "page_size"),
         ("colour=red", "colour"),
+        ("tag=vip&tag=lead", "tag"),  # one value only: never silently the last of several
+        ("page_size=2&page_size=3", "page_size"),
     ],
 )
 def test_bad_query_parameters_are_400_naming_them(api: Callable[..., Any], query: str, field: str) -> None:
     response = api("GET", f"{BASE}?{query}")
     assert response.status_code == 400
     assert [e["field"] for e in response.get_json()["errors"]] == [field]
+
+
+def test_a_repeated_single_parameter_points_to_its_list(api: Callable[..., Any]) -> None:
+    response = api("GET", f"{BASE}?tag=vip&tag=lead")
+    assert "repeat tags= for several" in response.get_json()["errors"][0]["message"]
+    assert api("GET", f"{BASE}?tags=vip&tags=lead").status_code == 200
 
 
 def test_page_size_out_of_range_is_the_services_400(api: Callable[..., Any]) -> None:

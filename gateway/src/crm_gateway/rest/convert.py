@@ -195,6 +195,11 @@ def parse_query(args: MultiDict[str, str], message: Message, *, allowed: Iterabl
             errors.append(FieldError(key, "unknown query parameter"))
             continue
         raw_values = args.getlist(key)
+        if len(raw_values) > 1 and not is_repeated(fd):
+            plural = descriptor.fields_by_name.get(f"{key}s")
+            hint = f"; repeat {plural.name}= for several" if plural is not None and is_repeated(plural) else ""
+            errors.append(FieldError(key, f"takes one value, not {len(raw_values)}{hint}"))
+            continue
         try:
             values = [_scalar_from_text(fd, raw) for raw in raw_values]
             json_value: Any = values if is_repeated(fd) else values[-1]
