@@ -146,7 +146,7 @@ def test_admins_and_managers_read_the_audit_trail(
         with platform.http(reader) as api:
             r = api.get(f"/api/v1/contacts/{contact['id']}/audit")
             assert r.status_code == 200, r.text
-            entries = r.json()["entries"]
+            entries = r.json()["items"]
             assert [e["action"] for e in entries] == ["update", "create"]
             update, create = entries
             assert {e["actor"] for e in entries} == {rep.id} and update["actor_roles"] == ["member"]
@@ -156,14 +156,14 @@ def test_admins_and_managers_read_the_audit_trail(
 
             r = api.get("/api/v1/audit/sales", params={"entity": "opportunity", "entity_id": opp["id"]})
             assert r.status_code == 200, r.text
-            (entry,) = r.json()["entries"]
+            (entry,) = r.json()["items"]
             assert (entry["action"], entry["actor"], entry["after"]["name"]) == ("create", rep.id, "Audited deal")
-            assert [e["entity_id"] for e in api.get(f"/api/v1/opportunities/{opp['id']}/audit").json()["entries"]] == [
+            assert [e["entity_id"] for e in api.get(f"/api/v1/opportunities/{opp['id']}/audit").json()["items"]] == [
                 opp["id"]
             ]
 
             r = api.get("/api/v1/audit/customer", params={"actor": rep.id, "page_size": 1})
-            assert r.status_code == 200 and len(r.json()["entries"]) == 1 and r.json()["next_page_token"]
+            assert r.status_code == 200 and len(r.json()["items"]) == 1 and r.json()["next_page_token"]
             r = api.get("/api/v1/audit/customer", params={"start_time": "last tuesday", "page_size": "x"})
             assert r.status_code == 400 and problem_fields(r) == {"page_size"}
             r = api.get("/api/v1/audit/customer", params={"start_time": "last tuesday"})
@@ -172,8 +172,8 @@ def test_admins_and_managers_read_the_audit_trail(
 
     with platform.http(tenant_b) as other:  # another tenant's admin sees none of it
         r = other.get(f"/api/v1/contacts/{contact['id']}/audit")
-        assert r.status_code == 200 and r.json()["entries"] == []
-        assert rep.id not in {e["actor"] for e in other.get("/api/v1/audit/customer").json()["entries"]}
+        assert r.status_code == 200 and r.json()["items"] == []
+        assert rep.id not in {e["actor"] for e in other.get("/api/v1/audit/customer").json()["items"]}
     with platform.http() as anonymous:
         assert anonymous.get(f"/api/v1/contacts/{contact['id']}/audit").status_code == 401
 
@@ -183,6 +183,6 @@ def test_deletes_are_audited_with_the_whole_record(platform: Platform, tenant_a:
         contact = api.post("/api/v1/contacts", json={"first_name": "Gone", "last_name": "Soon"}).json()
         assert api.delete(f"/api/v1/contacts/{contact['id']}").status_code == 204
     with platform.http(tenant_a) as admin:
-        entries = eventually(lambda: admin.get(f"/api/v1/contacts/{contact['id']}/audit").json()["entries"] or None)
+        entries = eventually(lambda: admin.get(f"/api/v1/contacts/{contact['id']}/audit").json()["items"] or None)
     assert [e["action"] for e in entries] == ["delete", "create"]
     assert entries[0]["before"]["first_name"] == "Gone" and "after" not in entries[0]

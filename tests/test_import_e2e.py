@@ -44,6 +44,8 @@ def test_import_and_export_through_the_gateway(platform: Platform, tenant_a: Ten
         dry = _finished(http, r.json()["id"])
         assert (dry["status"], dry["created"], dry["failed"]) == ("completed_with_errors", 2, 1)
         assert {(p["row"], p["field"]) for p in dry["problems"]} == {(4, "email"), (4, "last_name")}
+        listed = http.get(f"/api/v1/contact-imports/{dry['id']}/problems", params={"page_size": 1}).json()
+        assert [(p["row"], p["field"]) for p in listed["items"]] == [(4, "email")] and listed["next_page_token"]
         report = http.get(f"/api/v1/contact-imports/{dry['id']}/report")
         assert report.status_code == 200 and report.headers["content-type"].startswith("text/csv")
         assert "attachment" in report.headers["content-disposition"] and "bad-email" in report.text

@@ -299,7 +299,7 @@ def test_query_parameters_are_typed_from_the_descriptor(api: Callable[..., Any])
     page = api("GET", "/contacts:search?tag=vip&page_size=1")
     assert page.status_code == 200, page.get_json()
     body = page.get_json()
-    assert [c["first_name"] for c in body["contacts"]] == ["a"] and body["next_page_token"]
+    assert [c["first_name"] for c in body["items"]] == ["a"] and body["next_page_token"]
     assert _fields(api("GET", "/contacts:search?page_size=lots")) == ["page_size"]
     assert "integer" in api("GET", "/contacts:search?page_size=lots").get_json()["errors"][0]["message"]
     assert _fields(api("GET", "/contacts:search?colour=red&tag=x")) == ["colour"]
@@ -358,7 +358,7 @@ def test_tenants_are_isolated(
     other = make_tenant("globex")
     token = login(other.slug, other.admin_email, PASSWORD)["access_token"]
     assert api("GET", f"/contacts/{mine['id']}/again", token=token).status_code == 404
-    assert api("GET", "/contacts:search", token=token).get_json()["contacts"] == []
+    assert api("GET", "/contacts:search", token=token).get_json()["items"] == []
     assert api("POST", f"/contacts/{mine['id']}/purge", token=token).status_code == 404
     assert api("GET", f"/contacts/{mine['id']}/again").status_code == 200
 
@@ -511,6 +511,10 @@ def test_openapi_documents_every_method_route(app: Flask) -> None:
     }
     assert "contacts:read" in again["description"]
 
+    # A list response answers {items, next_page_token}, whatever its repeated field is called.
+    listed = paths["/api/v1/contacts:search"]["get"]["responses"]["200"]["content"]["application/json"]["schema"]
+    assert listed["properties"]["items"]["items"] == {"$ref": "#/components/schemas/crm.customer.v1.Contact"}
+    assert set(listed["properties"]) == {"items", "next_page_token"}
     search = {p["name"]: p for p in paths["/api/v1/contacts:search"]["get"]["parameters"]}
     assert search["page_size"]["schema"] == {"type": "integer", "format": "int32"} and "tag" in search
 

@@ -69,7 +69,7 @@ def test_the_record_as_json(acme: People) -> None:
 
     history = acme.admin.get(f"/api/v1/contacts/{c['id']}/history", params={"field": "lifecycle_stage"})
     assert history.status_code == 200, history.text
-    changes = history.json()["changes"]
+    changes = history.json()["items"]
     assert [(h["old_value"], h["new_value"]) for h in changes] == [("prospect", "customer"), ("", "prospect")]
     assert problem_fields(acme.admin.get(f"/api/v1/contacts/{c['id']}/history", params={"field": "email"})) == {"field"}
 

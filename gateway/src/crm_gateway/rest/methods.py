@@ -295,9 +295,33 @@ class BoundMethod:
         return is_file_message(self.method.output_type)
 
     @property
+    def list_field(self) -> FieldDescriptor | None:
+        return list_field(self.method.output_type)
+
+    @property
     def upload(self) -> FieldDescriptor | None:
         name = self.route.upload_field
         return self.method.input_type.fields_by_name[name] if name else None
+
+
+PAGE_TOKEN = "next_page_token"
+
+
+def list_field(desc: Descriptor) -> FieldDescriptor | None:
+    """The repeated field of a list response (one repeated message field, and at most next_page_token
+    beside it), whatever its name (`entries`, `changes`...): REST answers it as `items`, as every list."""
+    repeated = [fd for fd in desc.fields if is_repeated(fd) and fd.type == FieldDescriptor.TYPE_MESSAGE]
+    others = {fd.name for fd in desc.fields} - {fd.name for fd in repeated}
+    if len(repeated) != 1 or not others <= {PAGE_TOKEN} or list_item(repeated[0]).GetOptions().map_entry:
+        return None
+    return repeated[0]
+
+
+def list_item(fd: FieldDescriptor) -> Descriptor:
+    """The message type of a message field."""
+    desc = fd.message_type
+    assert desc is not None, fd.full_name
+    return desc
 
 
 def is_file_message(desc: Descriptor) -> bool:
@@ -455,7 +479,11 @@ def _render(bm: BoundMethod, reply: Any) -> Response:
     headers: dict[str, str] = {}
     if "version" in reply.DESCRIPTOR.fields_by_name and reply.version:
         headers["ETag"] = f'"{reply.version}"'
-    return json_response(to_json(reply), bm.route.status, headers)
+    body = to_json(reply)
+    listed = bm.list_field
+    if listed is not None:
+        body = {"items": body.pop(listed.name, []), **body}
+    return json_response(body, bm.route.status, headers)
 
 
 def _view(bm: BoundMethod) -> Callable[..., Response]:
@@ -525,6 +553,13 @@ def _operation(bm: BoundMethod) -> Operation:
                 more_content_types=types[1:],
             )
         }
+    elif bm.list_field is not None:
+        item = list_item(bm.list_field)
+        page: Schema = {"type": "object", "properties": {"items": {"type": "array", "items": message_ref(item)}}}
+        if PAGE_TOKEN in bm.method.output_type.fields_by_name:
+            page["properties"]["next_page_token"] = {"type": "string", "description": "empty on the last page"}
+        success = {route.status: Reply("A list of items", page)}
+        messages.append(item)
     else:
         success = {route.status: Reply("OK", message_ref(bm.method.output_type))}
         messages.append(bm.method.output_type)
