@@ -150,6 +150,23 @@ def test_unknown_fields_and_wrong_types_are_400_naming_each_field(api: Callable[
     assert wired.fake.calls == [], "nothing reaches the service"
 
 
+def test_errors_inside_nested_objects_name_the_nested_field(api: Callable[..., Any], wired: Any) -> None:
+    body = {
+        "emails": [{"address": "a@example.com", "kind": "work"}, "b@example.com", {"primary": "yes"}],
+        "addresses": [{"city": 5}],
+    }
+    response = api("POST", BASE, json=body)
+    assert response.status_code == 400
+    fields = {e["field"]: e["message"] for e in response.get_json()["errors"]}
+    assert fields == {
+        "emails[0].kind": "unknown field",
+        "emails[1]": "must be an object, not a string",
+        "emails[2].primary": "must be a boolean",
+        "addresses[0].city": "must be a string",
+    }
+    assert wired.fake.calls == []
+
+
 @pytest.mark.parametrize(
     ("data", "content_type", "status"),
     [

@@ -15,6 +15,7 @@ from flask import Response, request
 from google.protobuf import json_format
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
+from google.protobuf.message_factory import GetMessageClass
 from werkzeug.datastructures import MultiDict
 
 from crm_gateway.rest.problems import FieldError, Problem, problem_type, validation_problem
@@ -146,6 +147,15 @@ def parse_fields(body: Mapping[str, Any], message: Message, *, drop: Iterable[st
     Keys in `drop` are ignored silently; unknown keys and values of the wrong type are collected and
     raised together as one 400 problem naming each field.
     """
+    present, errors = _merge_fields(body, message, drop=drop, prefix=prefix)
+    if errors:
+        raise validation_problem(errors)
+    return present
+
+
+def _merge_fields(
+    body: Mapping[str, Any], message: Message, *, drop: Iterable[str] = (), prefix: str = ""
+) -> tuple[list[str], list[FieldError]]:
     descriptor = cast(Descriptor, message.DESCRIPTOR)
     dropped = set(drop)
     errors: list[FieldError] = []
@@ -161,13 +171,32 @@ def parse_fields(body: Mapping[str, Any], message: Message, *, drop: Iterable[st
         try:
             json_format.ParseDict({key: value}, part, ignore_unknown_fields=False)
         except json_format.ParseError as exc:
-            errors.append(FieldError(prefix + key, _type_error(fd, exc)))
+            errors.extend(_nested_errors(fd, value, prefix + key) or [FieldError(prefix + key, _type_error(fd, exc))])
             continue
         message.MergeFrom(part)
         present.append(key)
-    if errors:
-        raise validation_problem(errors)
-    return present
+    return present, errors
+
+
+def _nested_errors(fd: FieldDescriptor, value: Any, path: str) -> list[FieldError]:
+    """What is wrong inside a message value (or a list of them), named down to the nested field
+    (`options[0].value: unknown field`); empty when the value is not an object or list of objects of an
+    ordinary message (the caller then names the field and its type)."""
+    desc = fd.message_type
+    if desc is None or desc.GetOptions().map_entry or desc.full_name.startswith("google.protobuf."):
+        return []
+    cls = GetMessageClass(desc)
+    if is_repeated(fd):
+        if not isinstance(value, list):
+            return []
+        errors: list[FieldError] = []
+        for i, item in enumerate(value):
+            if isinstance(item, dict):
+                errors += _merge_fields(item, cls(), prefix=f"{path}[{i}].")[1]
+            else:
+                errors.append(FieldError(f"{path}[{i}]", f"must be an object, not {_json_kind(item)}"))
+        return errors
+    return _merge_fields(value, cls(), prefix=f"{path}.")[1] if isinstance(value, dict) else []
 
 
 def _type_error(fd: FieldDescriptor, exc: Exception) -> str:
