@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -60,6 +61,14 @@ def test_document_shape(client: FlaskClient, admin_token: str) -> None:
     assert {"page_size", "page_token", "owner_id", "account_id", "tag", "tags", "q", "order_by"} <= set(list_params)
     assert list_params["tags"]["schema"]["type"] == "array"
     assert list_params["page_size"]["schema"] == {"type": "integer", "format": "int32"}
+    # The common parameters say what they take; summaries read as English.
+    assert "`key=` matches records without a value" in list_params["custom_filter"]["description"]
+    assert "custom.<key>" in list_params["order_by"]["description"]
+    assert "tags" in list_params["tag"]["description"]
+    assert paths["/api/v1/accounts"]["post"]["summary"] == "Create an account"
+    assert paths["/api/v1/custom-fields"]["get"]["summary"] == "List custom fields"
+    assert paths["/api/v1/custom-fields/{id}"]["get"]["summary"] == "Get one custom field definition"
+    assert "opportunitie " not in json.dumps(doc)
     created = paths["/api/v1/contacts"]["post"]["responses"]["201"]
     assert "Location" in created["headers"]
     assert paths["/api/v1/contacts"]["post"]["responses"]["400"]["content"]["application/problem+json"]

@@ -55,6 +55,7 @@ from crm_gateway.rest.convert import (
     read_json_object,
     to_json,
 )
+from crm_gateway.rest.param_docs import describe
 from crm_gateway.rest.problems import FieldError, validation_problem
 from crm_gateway.rest.registry import Operation, Param, Reply, Schema, add_route, problem_reply, standard_errors
 from crm_gateway.rest.resources import API, _invoke, _pool, service_key
@@ -119,7 +120,7 @@ METHOD_ROUTES: tuple[MethodRoute, ...] = (
     ),
     MethodRoute(
         "GET", "/opportunities/{entity_id}/audit", AUDIT, "ListAuditEntries", scope="audit", endpoint="sales",
-        summary="The audit trail of one opportunitie, newest first (admins and managers)",
+        summary="The audit trail of one opportunity, newest first (admins and managers)",
         operation_id="listOpportunityAuditEntries",
     ),
     MethodRoute(
@@ -515,7 +516,7 @@ def _operation(bm: BoundMethod) -> Operation:
     params = [
         Param(name, "path", field_schema(request_desc.fields_by_name[name]), required=True) for name in bm.path_fields
     ]
-    params += [Param(fd.name, "query", field_schema(fd)) for fd in bm.query_fields]
+    params += [Param(fd.name, "query", field_schema(fd), describe(fd.name)) for fd in bm.query_fields]
     messages: list[Descriptor] = []
     request_body: Schema | None = None
     request_content: dict[str, Schema] = {}

@@ -41,6 +41,7 @@ from crm_gateway.rest.convert import (
 )
 from crm_gateway.rest.grpc_errors import problem_from_rpc_error
 from crm_gateway.rest.guard import current_caller, current_token
+from crm_gateway.rest.param_docs import describe
 from crm_gateway.rest.problems import FieldError, Problem, problem_type, validation_problem
 from crm_gateway.rest.registry import Operation, Param, Reply, add_route, ref, standard_errors
 from crm_gateway.routing.cells import UnknownCell, UnknownTenant
@@ -322,6 +323,15 @@ def _pick_version(from_body: int | None) -> int | None:
 # --- handlers, generated per resource -----------------------------------------------------------------
 
 
+def _words(message_name: str) -> str:
+    """CustomFieldDefinition -> "custom field definition"."""
+    return _snake(message_name).replace("_", " ")
+
+
+def _a(noun: str) -> str:
+    return f"{'an' if noun[:1] in 'aeiou' else 'a'} {noun}"
+
+
 def _create_options(res: BoundResource) -> list[FieldDescriptor]:
     """The create request's own scalar fields beside the resource (CreateContact's `allow_duplicate`): query
     parameters of the POST, so that the body stays the resource itself."""
@@ -452,7 +462,7 @@ def _singleton_view(single: BoundSingleton) -> Callable[[], Response]:
 def _query_params(fields: list[FieldDescriptor]) -> tuple[Param, ...]:
     from crm_gateway.openapi import field_schema
 
-    return tuple(Param(fd.name, "query", field_schema(fd)) for fd in fields)
+    return tuple(Param(fd.name, "query", field_schema(fd), describe(fd.name)) for fd in fields)
 
 
 _ID = Param("id", "path", {"type": "string"}, "the resource id (UUIDv7)", required=True)
@@ -511,7 +521,7 @@ def _register_resource(app: Flask, res: BoundResource) -> None:
                 method="POST",
                 operation_id=f"create{x}",
                 admin_only=res.route.admin_writes,
-                summary=f"Create a {_snake(x).replace('_', ' ')}",
+                summary=f"Create {_a(_words(x))}",
                 tag=tag,
                 scope=res.plural,
                 request_body=input_schema,
@@ -527,7 +537,7 @@ def _register_resource(app: Flask, res: BoundResource) -> None:
                 rule=base,
                 method="GET",
                 operation_id=f"list{res.list_method.name.removeprefix('List')}",
-                summary=f"List {res.plural}",
+                summary=f"List {res.plural.replace('-', ' ')}",
                 tag=tag,
                 scope=res.plural,
                 params=_query_params(res.list_filters),
@@ -542,7 +552,7 @@ def _register_resource(app: Flask, res: BoundResource) -> None:
                 rule=f"{base}/<id>",
                 method="GET",
                 operation_id=f"get{x}",
-                summary=f"Get one {_snake(x).replace('_', ' ')}",
+                summary=f"Get one {_words(x)}",
                 tag=tag,
                 scope=res.plural,
                 params=(_ID,),
@@ -558,7 +568,7 @@ def _register_resource(app: Flask, res: BoundResource) -> None:
                 method="PATCH",
                 operation_id=f"update{x}",
                 admin_only=res.route.admin_writes,
-                summary=f"Change some fields of a {_snake(x).replace('_', ' ')}",
+                summary=f"Change some fields of {_a(_words(x))}",
                 tag=tag,
                 scope=res.plural,
                 params=(_ID, _IF_MATCH_PARAM),
@@ -580,7 +590,7 @@ def _register_resource(app: Flask, res: BoundResource) -> None:
                 method="DELETE",
                 operation_id=f"delete{x}",
                 admin_only=res.route.admin_writes,
-                summary=f"Delete a {_snake(x).replace('_', ' ')}",
+                summary=f"Delete {_a(_words(x))}",
                 tag=tag,
                 scope=res.plural,
                 params=(
