@@ -204,14 +204,16 @@ def test_export_then_erase_leaves_no_trace_anywhere(
 
         # Every service has learned what it keeps about the person before the erasure.
         # The opportunity's contact_name is copied when it is created, so it says nothing about the
-        # projections: wait for each service's own copy of the person (sales' and analytics' from
-        # contact.created, the timeline's from the other services' events).
+        # projections: wait for each service's own copy of the person (sales', servicedesk's and analytics'
+        # from contact.created; servicedesk finds mentions by the names it holds), and for the timeline's
+        # entries from the other services' events.
         def learned() -> bool:
             kinds = {e["kind"] for e in api.get(f"/api/v1/contacts/{cid}/timeline").json()["items"]}
             held = export(api, cid).json()
             return (
                 {"note", "opportunity", "ticket"} <= kinds
                 and held["sales"].get("contact_ref") is not None
+                and held["servicedesk"].get("contact_ref") is not None
                 and held["analytics"].get("contact_view") is not None
             )
 
