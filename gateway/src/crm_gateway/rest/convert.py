@@ -267,9 +267,22 @@ def query_fields(descriptor: Descriptor, exclude: Iterable[str] = ()) -> list[Fi
 
 
 def to_json(message: Message) -> dict[str, Any]:
-    return json_format.MessageToDict(
+    body = json_format.MessageToDict(
         message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
     )
+    return cast(dict[str, Any], whole_numbers(body))
+
+
+def whole_numbers(value: Any) -> Any:
+    """JSON numbers as a client wrote them: google.protobuf.Struct (custom fields, details) carries every
+    number as a double, so 50 would come back as 50.0; whole numbers are given back as integers."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        return int(value)
+    if isinstance(value, list):
+        return [whole_numbers(v) for v in value]
+    if isinstance(value, dict):
+        return {k: whole_numbers(v) for k, v in value.items()}
+    return value
 
 
 def json_response(body: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:

@@ -31,7 +31,7 @@ from opentelemetry import context as otel_context
 
 from crm.common.v1 import personal_data_pb2
 from crm_gateway.config import SERVICES
-from crm_gateway.rest.convert import json_response
+from crm_gateway.rest.convert import json_response, whole_numbers
 from crm_gateway.rest.grpc_errors import problem_from_rpc_error
 from crm_gateway.rest.guard import current_caller, current_token
 from crm_gateway.rest.problems import Problem, problem_type
@@ -95,21 +95,10 @@ def export_contact(id: str) -> Response:
         "erasure_pending": [s for s in SERVICES if owner.erased and not answers[s].erased],
     }
     for service in SERVICES:
-        data = _integers(json_format.MessageToDict(answers[service].data))
+        data = whole_numbers(json_format.MessageToDict(answers[service].data))
         data.pop("erased_at", None)
         document[service] = data
     return json_response(document)
-
-
-def _integers(value: Any) -> Any:
-    """google.protobuf.Struct carries every number as a double: give whole numbers back as integers."""
-    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
-        return int(value)
-    if isinstance(value, list):
-        return [_integers(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _integers(v) for k, v in value.items()}
-    return value
 
 
 SERVICE_DOC = {
