@@ -6,6 +6,9 @@ Each condition is planned by how many records it matches, read once from the (te
 <typed value>) index with a bound (SMALL_SET): a few matching records are selected by id; many are tested
 per record with an EXISTS probe on the primary key as the list scans its own order, so a page fills early
 (under a custom sort, which must see every match anyway, they come from the value index as one IN list).
+On PostgreSQL, many matches of a positive condition on a single-valued field are an inner join with the
+record's own index row instead (`joined`): its planner walks or hashes as the counts say, where it
+misjudged the semi-join.
 
 Sorting by `custom.<key>` orders on the record's value read from the index by primary key; records without
 a value come last ascending (first descending); the expression is never NULL, which keyset pagination needs.
@@ -22,7 +25,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import date
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import ColumnElement, Select, and_, case, func, literal, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -118,6 +121,7 @@ class Condition:
     column: ColumnElement[Any]
     negate: bool
     seeks: bool  # `test` is an equality the typed index can seek on (else a range or a substring)
+    single: bool = True  # at most one value per record (every type but multi_select), at ordinal 0
 
 
 def parse_condition(entity: str, expr: str, index: int, catalog: Catalog) -> Condition:
@@ -143,7 +147,9 @@ def parse_condition(entity: str, expr: str, index: int, catalog: Catalog) -> Con
     if raw == "":
         if op not in ("=", "!="):
             raise InvalidArgument.field(name, f"{_NAMES[op]} needs a value")
-        return Condition(entity, key, None, column, negate=op == "=", seeks=True)
+        return Condition(
+            entity, key, None, column, negate=op == "=", seeks=True, single=definition.type != MULTI_SELECT
+        )
     try:
         operand = _operand(definition, op, raw)
     except ValueError as exc:
@@ -160,7 +166,15 @@ def parse_condition(entity: str, expr: str, index: int, catalog: Catalog) -> Con
         def test(c: ColumnElement[Any]) -> ColumnElement[bool]:
             return compare(c, operand)  # type: ignore[no-any-return]
 
-    return Condition(entity, key, test, column, negate=op == "!=", seeks=op in ("=", "!="))
+    return Condition(
+        entity,
+        key,
+        test,
+        column,
+        negate=op == "!=",
+        seeks=op in ("=", "!="),
+        single=definition.type != MULTI_SELECT,
+    )
 
 
 def parse_conditions(entity: str, exprs: Sequence[str], catalog: Catalog) -> list[Condition]:
@@ -220,6 +234,23 @@ def probe(c: Condition) -> ColumnElement[bool]:
     )
 
 
+def joined(c: Condition, name: str) -> ColumnElement[bool]:
+    """`c` (positive, on a single-valued field) as the join condition of the record's own index row, an
+    alias `name` of the value table that the statement adds to its FROM: an inner join, which never repeats
+    a record (one row per record and key, at ordinal 0, the primary key says so).
+
+    PostgreSQL plans a join well: it walks the list's order probing the primary key when matches are
+    dense, or hashes the matching values when they are few. As a semi-join (EXISTS) it misjudged a range
+    (it multiplies the key's share of the rows by the share of values in range, which already leaves out
+    the other keys' rows: a third of the true count with three custom fields), hashed and de-duplicated
+    tens of thousands of values for a page of 50, and a filter with a tag took 40 to 200 ms at 100k."""
+    v = aliased(CustomFieldValue, name=name)
+    model = ENTITIES[c.entity]
+    own = (v.tenant_id == require_tenant(), v.entity == c.entity, v.record_id == model.id, v.key == c.key)
+    column: ColumnElement[Any] = getattr(v, cast(Any, c.column).key)
+    return and_(*own, v.ordinal == 0, *(() if c.test is None else (c.test(column),)))
+
+
 def condition_clause(c: Condition, ids: list[str] | None = None, *, per_record: bool = True) -> ColumnElement[bool]:
     """The where-clause of `c`: `id IN (<ids>)` when the matching ids are known (a few of them), a per-record
     EXISTS probe when the list scans an index in its own order and stops at a full page (`per_record`), else
@@ -243,10 +274,14 @@ async def condition_clauses(
     probed and a page fills after a few probes; when it is not (a custom sort must see every match), the
     matching ids come from the value index."""
     clauses: list[ColumnElement[bool]] = []
-    for c in conditions:
+    postgres = session.get_bind().dialect.name == "postgresql"
+    for i, c in enumerate(conditions):
         ids = list((await session.execute(matching_records(c).limit(SMALL_SET + 1))).scalars())
         few = ids if len(ids) <= SMALL_SET else None
-        clauses.append(condition_clause(c, few, per_record=ordered_by_index))
+        if few is None and postgres and c.single and not c.negate:
+            clauses.append(joined(c, f"custom_filter_{i}"))
+        else:
+            clauses.append(condition_clause(c, few, per_record=ordered_by_index))
     return clauses
 
 
