@@ -227,6 +227,14 @@ def test_bad_query_parameters_are_400_naming_them(api: Callable[..., Any], query
     assert [e["field"] for e in response.get_json()["errors"]] == [field]
 
 
+def test_get_and_patch_refuse_query_parameters(api: Callable[..., Any], wired: Any) -> None:
+    created = api("POST", BASE, json={"first_name": "Ada"}).get_json()
+    assert api("GET", f"{BASE}/{created['id']}?fields=name").status_code == 400
+    patched = api("PATCH", f"{BASE}/{created['id']}?update_mask=last_name", json={"first_name": "Bea"})
+    assert patched.status_code == 400 and patched.get_json()["errors"][0]["field"] == "update_mask"
+    assert api("GET", f"{BASE}/{created['id']}").get_json()["first_name"] == "Ada"  # nothing changed
+
+
 def test_a_repeated_single_parameter_points_to_its_list(api: Callable[..., Any]) -> None:
     response = api("GET", f"{BASE}?tag=vip&tag=lead")
     assert "repeat tags= for several" in response.get_json()["errors"][0]["message"]

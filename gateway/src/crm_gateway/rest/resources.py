@@ -362,10 +362,17 @@ def _get_view(res: BoundResource) -> Callable[[str], Response]:
     req_cls = GetMessageClass(res.get.input_type)
 
     def view(id: str) -> Response:
+        _no_query_parameters()
         found = _invoke(res.service, res.get, req_cls(id=id), res.field)
         return json_response(to_json(found), 200, _etag(found))
 
     return view
+
+
+def _no_query_parameters() -> None:
+    """GET one and PATCH take none: a parameter there (`?update_mask=`, a typo) would be silently ignored."""
+    if request.args:
+        raise validation_problem([FieldError(k, "unknown query parameter") for k in request.args])
 
 
 def _merge_patch_paths(descriptor: Descriptor, body: dict[str, Any], paths: list[str]) -> list[str]:
@@ -388,6 +395,7 @@ def _update_view(res: BoundResource) -> Callable[[str], Response]:
     req_cls = GetMessageClass(res.update.input_type)
 
     def view(id: str) -> Response:
+        _no_query_parameters()
         body = read_json_object()
         body_version = _check_version(body["version"], "version") if "version" in body else None
         version = _pick_version(body_version)
