@@ -328,26 +328,26 @@ def contacts() -> None:
 )
 @click.option("--match-email", is_flag=True, help="Rows without id or external_id update the contact with that email.")
 def contacts_import(file: Path, tenant_slug: str, dry_run: bool, mapping: Path | None, match_email: bool) -> None:
-    from crm_gateway import contact_import
+    from crm_gateway import contact_transfer
 
     settings = _settings()
     db = _migrated_db(settings)
     try:
-        target = contact_import.target(db, settings, tenant_slug)
-        job = contact_import.run_import(
+        target = contact_transfer.target(db, settings, tenant_slug)
+        job = contact_transfer.run_import(
             target,
             file,
             dry_run=dry_run,
-            mapping=contact_import.read_mapping(mapping),
+            mapping=contact_transfer.read_mapping(mapping),
             match_email=match_email,
             console=console,
         )
-    except contact_import.ImportError_ as exc:
+    except contact_transfer.TransferError as exc:
         raise click.ClickException(str(exc)) from None
     finally:
         db.dispose()
-    contact_import.report(job, console)
-    if contact_import.has_problems(job):
+    contact_transfer.report(job, console)
+    if contact_transfer.has_problems(job):
         raise SystemExit(1)
 
 
@@ -387,7 +387,7 @@ def contacts_export(
     order_by: str,
 ) -> None:
     from crm.customer.v1 import transfer_pb2
-    from crm_gateway import contact_import
+    from crm_gateway import contact_transfer
 
     request = transfer_pb2.ExportContactsRequest(
         format=fmt,
@@ -405,8 +405,8 @@ def contacts_export(
     settings = _settings()
     db = _migrated_db(settings)
     try:
-        exported = contact_import.run_export(contact_import.target(db, settings, tenant_slug), request)
-    except contact_import.ImportError_ as exc:
+        exported = contact_transfer.run_export(contact_transfer.target(db, settings, tenant_slug), request)
+    except contact_transfer.TransferError as exc:
         raise click.ClickException(str(exc)) from None
     finally:
         db.dispose()

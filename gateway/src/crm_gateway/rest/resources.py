@@ -369,10 +369,12 @@ def _get_view(res: BoundResource) -> Callable[[str], Response]:
     return view
 
 
-def _no_query_parameters() -> None:
-    """GET one and PATCH take none: a parameter there (`?update_mask=`, a typo) would be silently ignored."""
-    if request.args:
-        raise validation_problem([FieldError(k, "unknown query parameter") for k in request.args])
+def _no_query_parameters(*allowed: str) -> None:
+    """GET one, PATCH and DELETE take no query parameters but `allowed`: any other (`?update_mask=`, a typo)
+    would be silently ignored."""
+    unknown = [k for k in request.args if k not in allowed]
+    if unknown:
+        raise validation_problem([FieldError(k, "unknown query parameter") for k in unknown])
 
 
 def _merge_patch_paths(descriptor: Descriptor, body: dict[str, Any], paths: list[str]) -> list[str]:
@@ -418,9 +420,7 @@ def _delete_view(res: BoundResource) -> Callable[[str], Response]:
     req_cls = GetMessageClass(res.delete.input_type)
 
     def view(id: str) -> Response:
-        unknown = [k for k in request.args if k != "version"]
-        if unknown:
-            raise validation_problem([FieldError(k, "unknown query parameter") for k in unknown])
+        _no_query_parameters("version")
         query_version: int | None = None
         if "version" in request.args:
             raw = request.args["version"]

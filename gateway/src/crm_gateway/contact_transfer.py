@@ -30,7 +30,7 @@ DONE = ("succeeded", "failed", "completed_with_errors")
 SHOWN_PROBLEMS = 50
 
 
-class ImportError_(RuntimeError):
+class TransferError(RuntimeError):
     """A failure to report as the command's error message."""
 
 
@@ -46,14 +46,14 @@ def target(db: Database, settings: Settings, slug: str) -> Target:
     with db.transaction() as session:
         tenant = session.scalar(select(Tenant).where(Tenant.slug == slug))
         if tenant is None:
-            raise ImportError_(f"no tenant {slug!r}")
+            raise TransferError(f"no tenant {slug!r}")
         users = session.scalars(select(User).where(User.tenant_id == tenant.id).order_by(User.created_at, User.id))
         admin = next((u for u in users if "admin" in (u.roles or []) and u.is_active), None)
     if admin is None:
-        raise ImportError_(f"tenant {slug!r} has no active admin to act as")
+        raise TransferError(f"tenant {slug!r} has no active admin to act as")
     endpoints = settings.gateway.cell_endpoints().get(tenant.cell)
     if endpoints is None:
-        raise ImportError_(f"tenant {slug!r} lives in cell {tenant.cell!r}, which GATEWAY_CELLS does not configure")
+        raise TransferError(f"tenant {slug!r} lives in cell {tenant.cell!r}, which GATEWAY_CELLS does not configure")
     if settings.gateway.signing_key_file is None:
         ensure_key(db)
     keys = KeyStore(db, key_file=settings.gateway.signing_key_file, cache_seconds=0)
@@ -73,7 +73,7 @@ def read_mapping(path: Path | None) -> str:
     try:
         return path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
-        raise ImportError_(f"cannot read the mapping {path}: {exc}") from None
+        raise TransferError(f"cannot read the mapping {path}: {exc}") from None
 
 
 def run_import(
@@ -101,7 +101,7 @@ def run_import(
             )
             job = _follow(stub, job, metadata, console, poll_seconds, timeout_seconds)
         except grpc.RpcError as exc:
-            raise ImportError_(_rpc_message(exc, t.address)) from None
+            raise TransferError(_rpc_message(exc, t.address)) from None
     return job
 
 
@@ -120,7 +120,7 @@ def _follow(
         task = progress.add_task(f"{label} {job.filename}", total=100)
         while job.status not in DONE:
             if time.monotonic() > deadline:
-                raise ImportError_(
+                raise TransferError(
                     f"the job {job.id} is still {job.status}; follow it with GET /contact-imports/{job.id}"
                 )
             time.sleep(poll_seconds)
@@ -170,5 +170,5 @@ def run_export(
         try:
             reply: transfer_pb2.ExportFile = stub.ExportContacts(request, metadata=metadata, timeout=timeout_seconds)
         except grpc.RpcError as exc:
-            raise ImportError_(_rpc_message(exc, t.address)) from None
+            raise TransferError(_rpc_message(exc, t.address)) from None
     return reply
