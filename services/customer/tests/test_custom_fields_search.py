@@ -12,6 +12,7 @@ from typing import Any
 import grpc
 import pytest
 from google.protobuf import json_format
+from sqlalchemy import event
 
 from crm.customer.v1 import custom_fields_pb2 as cf
 from crm.customer.v1 import custom_fields_pb2_grpc, customer_pb2_grpc
@@ -447,3 +448,23 @@ async def test_a_custom_order_read_from_the_value_index_equals_the_sorted_query(
                     got = await all_pages(w, order_by, page_size=page_size, **filters)
                     assert got == expected, (order_by, filters)
                     assert len(set(got)) == len(got) and got, (order_by, filters)
+
+
+async def test_a_list_reads_the_definitions_once(world: World, runtime: ServiceRuntime) -> None:
+    """The sort, the filters and the pager of one request share one read of the tenant's definitions."""
+    reads: list[str] = []
+
+    def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if "FROM custom_field_definitions" in statement:
+            reads.append(statement)
+
+    engine = runtime.db.engine.sync_engine
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        page = await world.customer.ListContacts(
+            pb.ListContactsRequest(custom_filter=["score>=0", "vip=true"], order_by="custom.score"), metadata=world.md
+        )
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
+    assert [c.id for c in page.contacts] == [world.ids["ann"], world.ids["dan"]]
+    assert len(reads) == 1, reads

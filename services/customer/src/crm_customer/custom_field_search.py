@@ -144,12 +144,11 @@ def parse_condition(entity: str, expr: str, index: int, catalog: Catalog) -> Con
             name, f"{key} is a {definition.type} field; use one of {' '.join(allowed)}, not {op}"
         )
     column: ColumnElement[Any] = VALUE_COLUMNS[definition.type].expression
+    single = definition.type != MULTI_SELECT
     if raw == "":
         if op not in ("=", "!="):
             raise InvalidArgument.field(name, f"{_NAMES[op]} needs a value")
-        return Condition(
-            entity, key, None, column, negate=op == "=", seeks=True, single=definition.type != MULTI_SELECT
-        )
+        return Condition(entity, key, None, column, negate=op == "=", seeks=True, single=single)
     try:
         operand = _operand(definition, op, raw)
     except ValueError as exc:
@@ -166,15 +165,7 @@ def parse_condition(entity: str, expr: str, index: int, catalog: Catalog) -> Con
         def test(c: ColumnElement[Any]) -> ColumnElement[bool]:
             return compare(c, operand)  # type: ignore[no-any-return]
 
-    return Condition(
-        entity,
-        key,
-        test,
-        column,
-        negate=op == "!=",
-        seeks=op in ("=", "!="),
-        single=definition.type != MULTI_SELECT,
-    )
+    return Condition(entity, key, test, column, negate=op == "!=", seeks=op in ("=", "!="), single=single)
 
 
 def parse_conditions(entity: str, exprs: Sequence[str], catalog: Catalog) -> list[Condition]:
@@ -296,7 +287,7 @@ async def filter_clauses(
     """`custom_filter` of a list request as where-clauses (none when it is empty)."""
     if not exprs:
         return []
-    conditions = parse_conditions(entity, exprs, await Catalog.load(session, entity))
+    conditions = parse_conditions(entity, exprs, await Catalog.for_reading(session, entity))
     return await condition_clauses(session, conditions, ordered_by_index=ordered_by_index)
 
 
@@ -378,7 +369,7 @@ async def contact_page(
     id order, as `custom_sort_key` orders them. None for any other order (a custom key among others)."""
     if len(keys) != 1 or not keys[0].name.startswith(SORT_PREFIX):
         return None
-    definition = (await Catalog.load(session, CONTACT)).get(keys[0].name.removeprefix(SORT_PREFIX))
+    definition = (await Catalog.for_reading(session, CONTACT)).get(keys[0].name.removeprefix(SORT_PREFIX))
     if definition is None or definition.type == MULTI_SELECT:
         return None  # custom_sort_key has refused it already
     descending = keys[0].descending
@@ -465,7 +456,7 @@ async def contact_sort(session: AsyncSession, name: str) -> SortField | None:
     """crm_customer.search's sort provider: `custom.<key>` of contacts; None for other names."""
     if not name.startswith(SORT_PREFIX):
         return None
-    return custom_sort_key(CONTACT, name, await Catalog.load(session, CONTACT))
+    return custom_sort_key(CONTACT, name, await Catalog.for_reading(session, CONTACT))
 
 
 async def contact_filter(session: AsyncSession, request: Any) -> list[ColumnElement[bool]]:

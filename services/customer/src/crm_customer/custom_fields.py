@@ -153,6 +153,15 @@ class Catalog:
         ).scalars()
         return cls(entity, (definition_of(r) for r in rows))
 
+    @classmethod
+    async def for_reading(cls, session: AsyncSession, entity: str) -> Catalog:
+        """`load`, once per session: a list request consults the catalog for its sort, its filters and its
+        pager. Only for sessions that do not change definitions."""
+        cached: dict[str, Catalog] = session.info.setdefault("custom_field_catalogs", {})
+        if entity not in cached:
+            cached[entity] = await cls.load(session, entity)
+        return cached[entity]
+
     def get(self, key: str) -> Definition | None:
         return self.by_key.get(key)
 

@@ -129,19 +129,21 @@ class ContactMerge(Base, TenantScoped):
     purge_time: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
 
 
+def expired(row: ContactMerge, now: datetime | None = None) -> bool:
+    """Past its retention window (the purge empties the snapshots within an hour after expire_time)."""
+    return row.purge_time is not None or (now or utcnow()) >= row.expire_time
+
+
 def state(row: ContactMerge, now: datetime | None = None) -> str:
     """active (can be undone), unmerged or expired (past expire_time, or purged)."""
     if row.unmerge_time is not None:
         return UNMERGED_STATE
-    if row.purge_time is not None or (now or utcnow()) >= row.expire_time:
-        return EXPIRED
-    return ACTIVE
+    return EXPIRED if expired(row, now) else ACTIVE
 
 
 def holds_snapshots(row: ContactMerge, now: datetime | None = None) -> bool:
-    """Whether the merge's snapshots may still be shown: not purged and not past expire_time (the purge
-    empties them within an hour after it)."""
-    return row.purge_time is None and (now or utcnow()) < row.expire_time and bool(row.duplicate_snapshot)
+    """Whether the merge's snapshots may still be shown."""
+    return not expired(row, now) and bool(row.duplicate_snapshot)
 
 
 def is_empty(field: str, value: Any) -> bool:
@@ -465,7 +467,7 @@ async def unmerge(
             f"merge {record.id!r} was already undone", [FieldViolation("merge_id", "was already undone")]
         )
     now = utcnow()
-    if now >= record.expire_time or record.purge_time is not None:
+    if expired(record, now):
         raise FailedPrecondition(
             f"merge {record.id!r} can no longer be undone: its retention window ended at "
             f"{audit.jsonable(record.expire_time)}",

@@ -31,13 +31,7 @@ from crm_kit.errors import PermissionDenied, StaleVersion, Violations
 WARN = "warn"
 BLOCK = "block"
 DUPLICATE_POLICIES = (WARN, BLOCK)
-# Settings stored only once the tenant sets them (NULL: the service-wide default, read at each use).
-DEFAULTED = ("duplicate_threshold", "merge_retention_days")
 REGION_ENV = "CUSTOMER_DEFAULT_PHONE_REGION"
-THRESHOLD_ENV = "CUSTOMER_DUPLICATE_THRESHOLD"
-RETENTION_ENV = "CUSTOMER_MERGE_RETENTION_DAYS"
-THRESHOLD_RANGE = (1, 100)
-RETENTION_RANGE = (1, 3650)  # days
 DEFAULT_RETENTION_DAYS = 30
 
 
@@ -46,22 +40,25 @@ def default_region() -> str:
     return os.environ.get(REGION_ENV, "").strip().upper() or "CN"
 
 
-def _env_int(name: str, bounds: tuple[int, int], default: int) -> int:
-    raw = os.environ.get(name, "").strip()
-    return int(raw) if raw.isdigit() and bounds[0] <= int(raw) <= bounds[1] else default
+@dataclass(frozen=True)
+class Defaulted:
+    """A setting stored only once the tenant sets it: NULL follows the service-wide default, read from the
+    environment at each use (a malformed or out-of-range value there gives the built-in one)."""
+
+    env: str
+    low: int
+    high: int
+    builtin: int
+
+    def service_default(self) -> int:
+        raw = os.environ.get(self.env, "").strip()
+        return int(raw) if raw.isdigit() and self.low <= int(raw) <= self.high else self.builtin
 
 
-def default_threshold() -> int:
-    """The service-wide default of `duplicate_threshold` (CUSTOMER_DUPLICATE_THRESHOLD 1..100, else 70)."""
-    return _env_int(THRESHOLD_ENV, THRESHOLD_RANGE, DEFAULT_THRESHOLD)
-
-
-def default_retention_days() -> int:
-    """The service-wide default of `merge_retention_days` (CUSTOMER_MERGE_RETENTION_DAYS 1..3650, else 30)."""
-    return _env_int(RETENTION_ENV, RETENTION_RANGE, DEFAULT_RETENTION_DAYS)
-
-
-SERVICE_DEFAULTS = {"duplicate_threshold": default_threshold, "merge_retention_days": default_retention_days}
+DEFAULTED = {
+    "duplicate_threshold": Defaulted("CUSTOMER_DUPLICATE_THRESHOLD", 1, 100, DEFAULT_THRESHOLD),
+    "merge_retention_days": Defaulted("CUSTOMER_MERGE_RETENTION_DAYS", 1, 3650, DEFAULT_RETENTION_DAYS),
+}
 
 
 class CustomerSettingsRow(Base, TenantScoped):
@@ -109,9 +106,15 @@ class CustomerSettings:
 def defaults() -> CustomerSettings:
     return CustomerSettings(
         default_phone_region=default_region(),
-        duplicate_threshold=default_threshold(),
-        merge_retention_days=default_retention_days(),
+        duplicate_threshold=_effective(None, "duplicate_threshold"),
+        merge_retention_days=_effective(None, "merge_retention_days"),
     )
+
+
+def _effective(row: CustomerSettingsRow | None, field: str) -> int:
+    """A defaulted setting: the tenant's own, else the service-wide default."""
+    value: int | None = getattr(row, field, None)
+    return value or DEFAULTED[field].service_default()
 
 
 async def get_settings(session: AsyncSession) -> CustomerSettings:
@@ -123,8 +126,8 @@ async def get_settings(session: AsyncSession) -> CustomerSettings:
         title_case_names=row.title_case_names,
         duplicate_policy=row.duplicate_policy,
         default_phone_region=row.default_phone_region,
-        duplicate_threshold=row.duplicate_threshold or default_threshold(),
-        merge_retention_days=row.merge_retention_days or default_retention_days(),
+        duplicate_threshold=_effective(row, "duplicate_threshold"),
+        merge_retention_days=_effective(row, "merge_retention_days"),
         version=row.version,
         update_time=row.update_time,
     )
@@ -152,13 +155,13 @@ def _changes(request: customer_pb2.UpdateCustomerSettingsRequest) -> dict[str, o
         if region not in COUNTRIES:
             v.add("default_phone_region", "must be an ISO 3166-1 alpha-2 region code such as CN or US")
         out["default_phone_region"] = region
-    for field, (low, high) in (("duplicate_threshold", THRESHOLD_RANGE), ("merge_retention_days", RETENTION_RANGE)):
+    for field, d in DEFAULTED.items():
         if request.HasField(field):
             value = getattr(request, field)
             if value == 0:
                 out[field] = None  # back to the service-wide default, and following it again
-            elif not low <= value <= high:
-                v.add(field, f"must be between {low} and {high}, or 0 for the service-wide default")
+            elif not d.low <= value <= d.high:
+                v.add(field, f"must be between {d.low} and {d.high}, or 0 for the service-wide default")
             else:
                 out[field] = value
     v.raise_if_any()
@@ -176,7 +179,7 @@ async def update_settings(
     current = await get_settings(session) if row is not None else defaults()
     if request.version and request.version != current.version:
         raise StaleVersion(request.version, current.version)
-    effective = {f: SERVICE_DEFAULTS[f]() if value is None else value for f, value in changes.items()}
+    effective = {f: DEFAULTED[f].service_default() if value is None else value for f, value in changes.items()}
     wanted = replace(current, **effective)  # type: ignore[arg-type]
     # Setting a defaulted value to what it is now still pins it (it no longer follows the service default),
     # and resetting one unpins it: both change the row even when the effective value stays.
